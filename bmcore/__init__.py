@@ -1,0 +1,87 @@
+"""bmcore: the pure core of the BackupMonitor Custom Ingest API.
+
+Payload models and validation, ISO 8601 timestamps with a mandatory UTC offset, the
+device/job matching key, token-bucket rate limiting and API-key handling. No I/O, no clock
+reads, no globals: time and randomness come in as arguments.
+
+>>> from datetime import datetime, timezone
+>>> import bmcore
+>>> decoded = bmcore.decode_notification(
+...     b'{"deviceName": "srv01", "timestamp": "2024-06-04T14:00:00+02:00",'
+...     b' "severity": "WARNING", "type": "disk_space_low"}',
+...     now=datetime(2024, 6, 4, 12, 5, tzinfo=timezone.utc),
+... )
+>>> decoded.value.severity
+<Severity.WARNING: 'warning'>
+"""
+
+from bmcore._apikeys import (
+    API_KEY_PREFIX,
+    check_api_key_format,
+    display_prefix,
+    generate_api_key,
+    hash_api_key,
+    verify_api_key,
+)
+from bmcore._decoding import decode_backup, decode_notification, encode_backup, encode_notification
+from bmcore._errors import ApiKeyFormatError, BmError, FieldError, PayloadError, TimestampError
+from bmcore._fields import MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH, MAX_STATUS_LENGTH, MAX_TYPE_LENGTH
+from bmcore._matching import DeviceKey, JobKey, canonical_name
+from bmcore._models import (
+    DEFAULT_SENDER,
+    BackupEntry,
+    Decoded,
+    Notification,
+    Outcome,
+    PayloadWarning,
+    Severity,
+)
+from bmcore._ratelimit import Decision, KeyedLimiter, RatePolicy, decide
+from bmcore._timestamps import (
+    CLOCK_SKEW_TOLERANCE,
+    EARLIEST_TIMESTAMP,
+    MAX_FUTURE,
+    format_timestamp,
+    parse_timestamp,
+)
+
+__all__ = [
+    "API_KEY_PREFIX",
+    "CLOCK_SKEW_TOLERANCE",
+    "DEFAULT_SENDER",
+    "EARLIEST_TIMESTAMP",
+    "MAX_FUTURE",
+    "MAX_MESSAGE_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_STATUS_LENGTH",
+    "MAX_TYPE_LENGTH",
+    "ApiKeyFormatError",
+    "BackupEntry",
+    "BmError",
+    "Decision",
+    "Decoded",
+    "DeviceKey",
+    "FieldError",
+    "JobKey",
+    "KeyedLimiter",
+    "Notification",
+    "Outcome",
+    "PayloadError",
+    "PayloadWarning",
+    "RatePolicy",
+    "Severity",
+    "TimestampError",
+    "canonical_name",
+    "check_api_key_format",
+    "decide",
+    "decode_backup",
+    "decode_notification",
+    "display_prefix",
+    "encode_backup",
+    "encode_notification",
+    "format_timestamp",
+    "generate_api_key",
+    "hash_api_key",
+    "parse_timestamp",
+    "verify_api_key",
+]

@@ -1,0 +1,189 @@
+"""Token-bucket rate limiting as GCRA on integer nanoseconds.
+
+GCRA (the generic cell rate algorithm) keeps one integer per key, the *theoretical arrival
+time* (TAT): the instant at which the bucket would be full again. With ``T`` the time one
+token takes to refill and ``burst`` the bucket size, a request of cost ``c`` at time ``now``
+is admitted when ``max(TAT, now) + c*T - now <= burst*T``; admitting it moves TAT to
+``max(TAT, now) + c*T``. Integer nanoseconds make it exact: no float drift, however long it
+runs. A bucket whose TAT has passed is full and needs no state at all.
+
+The caller passes the clock (a monotonic ``now_ns``); nothing here reads one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable
+from typing import Final, Generic, NamedTuple, TypeVar
+
+import attrs
+
+__all__ = ["Decision", "KeyedLimiter", "RatePolicy", "decide"]
+
+_NS_PER_S: Final = 1_000_000_000
+
+
+def _positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value < 1:
+        msg = f"{attribute.name} must be a positive integer, got {value!r}"
+        raise ValueError(msg)
+
+
+@attrs.frozen(kw_only=True)
+class RatePolicy:
+    """A bucket of ``burst`` tokens refilling one token every ``interval_ns`` nanoseconds.
+
+    >>> policy = RatePolicy.per_second(1, burst=60)   # the server's default
+    >>> policy.burst, policy.interval_ns
+    (60, 1000000000)
+    """
+
+    burst: int = attrs.field(validator=_positive)
+    interval_ns: int = attrs.field(validator=_positive)
+
+    @classmethod
+    def per_second(cls, rate: float, *, burst: int) -> RatePolicy:
+        """A policy refilling ``rate`` tokens per second (rounded to whole nanoseconds)."""
+        if not rate > 0:
+            msg = f"rate must be positive, got {rate!r}"
+            raise ValueError(msg)
+        return cls(burst=burst, interval_ns=max(1, round(_NS_PER_S / rate)))
+
+    @property
+    def window_s(self) -> int:
+        """Seconds a drained bucket takes to refill completely (rounded up)."""
+        return -(-self.burst * self.interval_ns // _NS_PER_S)
+
+
+class Decision(NamedTuple):
+    """The answer to one request: whether it may pass, and what to tell the client.
+
+    ``remaining`` is the number of tokens left after this request; ``retry_after_s`` the whole
+    seconds to wait before the same request would pass (0 when allowed, at least 1 when
+    denied); ``reset_s`` the whole seconds until the bucket is full again.
+    """
+
+    allowed: bool
+    remaining: int
+    retry_after_s: int
+    reset_s: int
+
+
+def _ceil_s(ns: int) -> int:
+    return -(-ns // _NS_PER_S)
+
+
+def decide(tat: int | None, now_ns: int, policy: RatePolicy, cost: int = 1) -> tuple[Decision, int | None]:
+    """Decide one request; returns the decision and the key's new state (its TAT).
+
+    ``tat`` is the key's state from the previous call, or ``None`` for a key never seen (or
+    whose bucket is full). The returned state is ``None`` when the bucket is full again, so
+    callers need not store it. ``cost`` is 0 (a peek) to ``policy.burst``.
+
+    >>> policy = RatePolicy(burst=2, interval_ns=1_000_000_000)
+    >>> first, state = decide(None, 0, policy)
+    >>> second, state = decide(state, 0, policy)
+    >>> third, state = decide(state, 0, policy)
+    >>> [d.allowed for d in (first, second, third)], third.retry_after_s
+    ([True, True, False], 1)
+    """
+    interval = policy.interval_ns
+    capacity = policy.burst * interval
+    if not 0 <= cost <= policy.burst:
+        msg = f"cost must be between 0 and the burst ({policy.burst}), got {cost}"
+        raise ValueError(msg)
+    start = now_ns if tat is None or tat < now_ns else tat
+    new_tat = start + cost * interval
+    backlog = new_tat - now_ns
+    if backlog <= capacity:
+        remaining = (capacity - backlog) // interval
+        return Decision(True, remaining, 0, _ceil_s(backlog)), (new_tat if backlog > 0 else None)
+    # Denied: the state is unchanged, so a denied request costs nothing.
+    wait = backlog - capacity
+    return (
+        Decision(False, (capacity - (start - now_ns)) // interval, max(1, _ceil_s(wait)), _ceil_s(start - now_ns)),
+        tat,
+    )
+
+
+KeyT = TypeVar("KeyT", bound=Hashable)
+
+
+class KeyedLimiter(Generic[KeyT]):
+    """Many buckets under one policy, in bounded memory; safe to share between threads.
+
+    Only keys whose bucket is not full hold state (one integer each). At most ``max_keys`` keys
+    are tracked: when that many buckets are all still refilling, a *new* key is refused until
+    the oldest one refills, rather than evicting a bucket early and letting its key exceed its
+    quota.
+
+    >>> limiter = KeyedLimiter(RatePolicy(burst=1, interval_ns=10), max_keys=100)
+    >>> limiter.decide("key-a", now_ns=0).allowed, limiter.decide("key-a", now_ns=0).allowed
+    (True, False)
+    >>> limiter.decide("key-a", now_ns=10).allowed
+    True
+    """
+
+    def __init__(self, policy: RatePolicy, *, max_keys: int = 100_000) -> None:
+        if max_keys < 1:
+            msg = f"max_keys must be at least 1, got {max_keys}"
+            raise ValueError(msg)
+        self.policy: Final = policy
+        self.max_keys: Final = max_keys
+        # Insertion order is the order of last admission. A key admitted at time u has
+        # TAT <= u + burst*interval, so the front holds the keys most likely to have refilled.
+        self._tats: dict[KeyT, int] = {}
+        self._lock = threading.Lock()
+        # When full of refilling buckets: the earliest TAT among them, so that new keys are
+        # refused in O(1) until then instead of scanning every key on every request.
+        self._full_until = 0
+
+    def __len__(self) -> int:
+        """The number of keys holding state (buckets not yet full)."""
+        return len(self._tats)
+
+    def decide(self, key: KeyT, now_ns: int, cost: int = 1) -> Decision:
+        """Decide one request for ``key`` at ``now_ns`` (monotonic nanoseconds)."""
+        tats = self._tats
+        with self._lock:
+            tat = tats.get(key)
+            if tat is None and len(tats) >= self.max_keys and not self._make_room(now_ns):
+                return Decision(
+                    False, 0, max(1, _ceil_s(self._full_until - now_ns)), self.policy.window_s
+                )
+            decision, new_tat = decide(tat, now_ns, self.policy, cost)
+            if decision.allowed and cost:
+                if tat is not None:
+                    del tats[key]  # re-insert at the back: the order of last admission
+                if new_tat is not None:
+                    tats[key] = new_tat
+            elif tat is not None and tat <= now_ns:
+                del tats[key]  # a peek at a bucket that has refilled: drop its stale state
+            # Amortised clean-up: drop one refilled bucket from the front per call.
+            if tats:
+                oldest = next(iter(tats))
+                if tats[oldest] <= now_ns:
+                    del tats[oldest]
+            return decision
+
+    def reset(self, key: KeyT) -> None:
+        """Forget ``key``'s state: its bucket is full again."""
+        with self._lock:
+            self._tats.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget every key's state."""
+        with self._lock:
+            self._tats.clear()
+
+    def _make_room(self, now_ns: int) -> bool:
+        """Drop refilled buckets; False when every tracked bucket is still refilling."""
+        if now_ns < self._full_until:
+            return False
+        tats = self._tats
+        for key in [key for key, tat in tats.items() if tat <= now_ns]:
+            del tats[key]
+        if len(tats) < self.max_keys:
+            return True
+        self._full_until = min(tats.values())
+        return False

@@ -1,0 +1,126 @@
+"""ISO 8601 timestamps with a mandatory UTC offset, and the time policy for entries.
+
+The reference semantics is python-dateutil's ``isoparse`` (default settings) with one extra
+rule: the result must carry a UTC offset. ``datetime.fromisoformat`` is about fifty times
+faster but accepts a different language (no lowercase ``z``, no ordinal dates, no ``24:00``
+before 3.14, non-ASCII separators, offsets with seconds, ...). So the fast path only takes the
+shapes people actually send, ``YYYY-MM-DDTHH:MM:SS[.ffffff](Z|±HH:MM)``, and everything else
+goes to the reference parser. ``tests/core/test_timestamps.py`` checks with hypothesis that the
+two agree on valid and invalid strings alike.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Final
+
+from dateutil.parser import isoparse
+
+from bmcore._errors import TimestampError
+
+__all__ = [
+    "CLOCK_SKEW_TOLERANCE",
+    "EARLIEST_TIMESTAMP",
+    "MAX_FUTURE",
+    "format_timestamp",
+    "parse_timestamp",
+]
+
+#: Entries dated before this instant are refused (``timestamp_too_old``).
+EARLIEST_TIMESTAMP: Final = datetime(2000, 1, 1, tzinfo=UTC)
+#: Entries dated further than this ahead of ``now`` are refused (``timestamp_in_future``).
+MAX_FUTURE: Final = timedelta(hours=24)
+#: Entries dated further than this ahead of ``now`` are accepted with warning ``clock_skew``.
+CLOCK_SKEW_TOLERANCE: Final = timedelta(minutes=5)
+
+_fromisoformat = datetime.fromisoformat
+
+_DIGITS: Final = frozenset("0123456789")
+# Every offset dateutil accepts in the ±HH:MM form (hours 00-23, minutes 00-59).
+_OFFSETS: Final = frozenset(
+    f"{sign}{hours:02}:{minutes:02}" for sign in "+-" for hours in range(24) for minutes in range(60)
+)
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse an ISO 8601 timestamp that must carry a UTC offset.
+
+    Returns an aware datetime whose ``tzinfo`` is a fixed :class:`datetime.timezone` equal to
+    the offset that was sent. Raises :class:`TimestampError` with code ``missing_utc_offset``
+    for a local time without an offset, ``invalid_timestamp`` for anything else.
+
+    >>> parse_timestamp("2024-06-04T14:00:00+02:00").isoformat()
+    '2024-06-04T14:00:00+02:00'
+    >>> parse_timestamp("2024-06-04T12:00:00Z").isoformat()
+    '2024-06-04T12:00:00+00:00'
+    """
+    # The common shapes: ASCII, "T" as separator, a digit, then "Z" or a valid "±HH:MM".
+    if (
+        text[10:11] == "T"
+        and text.isascii()
+        and (
+            (text[-1:] == "Z" and text[-2:-1] in _DIGITS)
+            or (text[-6:] in _OFFSETS and text[-7:-6] in _DIGITS)
+        )
+    ):
+        try:
+            parsed = _fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            # Within these shapes fromisoformat and dateutil agree on what they accept and on
+            # its value (the differential test in tests/core/test_timestamps.py pins that);
+            # the shape guarantees an offset.
+            return parsed
+    return reference_parse_timestamp(text)
+
+
+def reference_parse_timestamp(text: str) -> datetime:
+    """Parse with python-dateutil's ISO 8601 parser, the reference semantics; slow but exact."""
+    try:
+        parsed = isoparse(text)
+    except (ValueError, OverflowError) as error:
+        raise TimestampError("invalid_timestamp", _invalid_message(text, error)) from None
+    offset = parsed.utcoffset()
+    if offset is None:
+        raise TimestampError("missing_utc_offset", _naive_message(text))
+    return parsed.replace(tzinfo=_fixed_zone(offset))
+
+
+def format_timestamp(moment: datetime) -> str:
+    """Format an aware datetime as ISO 8601 with its own offset (the inverse of parse_timestamp).
+
+    >>> format_timestamp(parse_timestamp("2024-06-04T14:00:00.5+02:00"))
+    '2024-06-04T14:00:00.500000+02:00'
+    """
+    if moment.utcoffset() is None:
+        msg = f"cannot format {moment!r}: it has no UTC offset; attach one with .replace(tzinfo=...)"
+        raise ValueError(msg)
+    return moment.isoformat()
+
+
+def _fixed_zone(offset: timedelta) -> timezone:
+    return UTC if not offset else timezone(offset)
+
+
+_EXAMPLE: Final = "2024-06-04T14:00:00+02:00 or 2024-06-04T12:00:00Z"
+
+
+def _naive_message(text: str) -> str:
+    if len(text) <= 10 or "W" in text[4:9]:
+        return (
+            f"'{text}' is a date without a time and UTC offset; send a full timestamp such as "
+            f"{_EXAMPLE}"
+        )
+    return (
+        f"'{text}' has no UTC offset; append Z for UTC or an offset such as +02:00, "
+        f"e.g. '{text}Z' or '{text}+02:00'"
+    )
+
+
+def _invalid_message(text: str, error: Exception) -> str:
+    shown = text if len(text) <= 64 else text[:61] + "..."
+    return (
+        f"'{shown}' is not an ISO 8601 timestamp ({error}); send one with a UTC offset such as "
+        f"{_EXAMPLE}"
+    )
