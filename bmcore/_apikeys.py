@@ -61,7 +61,7 @@ def check_api_key_format(text: str) -> str:
     >>> check_api_key_format("bm_short")
     Traceback (most recent call last):
     ...
-    bmcore._errors.ApiKeyFormatError: not a valid API key: it has 5 characters after bm_, at least 32 are needed
+    bmcore._errors.ApiKeyFormatError: not a valid API key: it has 5 characters after bm_, ...
     """
     if not text.startswith(API_KEY_PREFIX):
         if text != text.strip():
@@ -80,10 +80,14 @@ def check_api_key_format(text: str) -> str:
         )
         raise ApiKeyFormatError(reason)
     if len(body) < _MIN_BODY:
-        reason = f"it has {len(body)} characters after {API_KEY_PREFIX}, at least {_MIN_BODY} are needed"
+        reason = (
+            f"it has {len(body)} characters after {API_KEY_PREFIX}, at least {_MIN_BODY} are needed"
+        )
         raise ApiKeyFormatError(reason)
     if len(body) > _MAX_BODY:
-        reason = f"it has {len(body)} characters after {API_KEY_PREFIX}, at most {_MAX_BODY} are allowed"
+        reason = (
+            f"it has {len(body)} characters after {API_KEY_PREFIX}, at most {_MAX_BODY} are allowed"
+        )
         raise ApiKeyFormatError(reason)
     return text
 

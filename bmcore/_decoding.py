@@ -7,11 +7,13 @@ error tree flattened into :class:`FieldError` objects with JSON pointers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, Generic, TypeAlias, TypeVar, cast
 
+import attrs
 import cattrs
 from cattrs.errors import ClassValidationError
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
@@ -31,6 +33,9 @@ __all__ = ["decode_backup", "decode_notification", "encode_backup", "encode_noti
 
 ModelT = TypeVar("ModelT", BackupEntry, Notification)
 
+#: What the decoders accept: the UTF-8 JSON bytes of a request body, or a parsed JSON object.
+PayloadInput: TypeAlias = bytes | bytearray | memoryview | Mapping[str, Any]
+
 #: attribute name -> wire name, per model.
 _BACKUP_WIRE: Final = {
     "device_name": "deviceName",
@@ -49,8 +54,6 @@ _NOTIFICATION_WIRE: Final = {
     "message": "message",
     "sender": "sender",
 }
-_BACKUP_FIELDS: Final = frozenset(_BACKUP_WIRE.values())
-_NOTIFICATION_FIELDS: Final = frozenset(_NOTIFICATION_WIRE.values())
 
 
 def _make_converter() -> cattrs.Converter:
@@ -83,24 +86,50 @@ def _make_converter() -> cattrs.Converter:
         ),
     )
     converter.register_unstructure_hook(datetime, format_timestamp)
-    for model, wire in ((BackupEntry, _BACKUP_WIRE), (Notification, _NOTIFICATION_WIRE)):
-        renames = {name: override(rename=alias) for name, alias in wire.items() if name != alias}
-        converter.register_unstructure_hook(
-            model, make_dict_unstructure_fn(model, converter, _cattrs_omit_if_default=False, **renames)
-        )
+    converter.register_unstructure_hook(
+        BackupEntry,
+        make_dict_unstructure_fn(
+            BackupEntry,
+            converter,
+            device_name=override(rename="deviceName"),
+            job_name=override(rename="jobName"),
+        ),
+    )
+    converter.register_unstructure_hook(
+        Notification,
+        make_dict_unstructure_fn(
+            Notification,
+            converter,
+            device_name=override(rename="deviceName"),
+            job_name=override(rename="jobName"),
+        ),
+    )
     return converter
 
 
 _CONVERTER: Final = _make_converter()
-_structure_backup: Final[Callable[[Mapping[str, Any], type[BackupEntry]], BackupEntry]] = (
-    _CONVERTER.get_structure_hook(BackupEntry)
-)
-_structure_notification: Final[Callable[[Mapping[str, Any], type[Notification]], Notification]] = (
-    _CONVERTER.get_structure_hook(Notification)
-)
 
 
-def decode_backup(data: bytes | Mapping[str, Any], *, now: datetime) -> Decoded[BackupEntry]:
+@attrs.frozen
+class _Schema(Generic[ModelT]):
+    """What decoding needs to know about one kind of payload."""
+
+    model: type[ModelT]
+    wire: Mapping[str, str]  # attribute name -> wire name, in wire order
+    known: frozenset[str]
+    structure: Callable[[Mapping[str, Any], type[ModelT]], ModelT]
+
+
+def _schema(model: type[ModelT], wire: Mapping[str, str]) -> _Schema[ModelT]:
+    structure = _CONVERTER.get_structure_hook(model)
+    return _Schema(model, wire, frozenset(wire.values()), structure)
+
+
+_BACKUP: Final[_Schema[BackupEntry]] = _schema(BackupEntry, _BACKUP_WIRE)
+_NOTIFICATION: Final[_Schema[Notification]] = _schema(Notification, _NOTIFICATION_WIRE)
+
+
+def decode_backup(data: PayloadInput, *, now: datetime) -> Decoded[BackupEntry]:
     """Validate a backup payload: UTF-8 JSON bytes or an already-parsed mapping.
 
     ``now`` (aware) is the receiver's clock, for the time policy. Returns the entry with its
@@ -115,14 +144,12 @@ def decode_backup(data: bytes | Mapping[str, Any], *, now: datetime) -> Decoded[
     >>> decoded.value.outcome, decoded.value.sender
     (<Outcome.SUCCESS: 'Success'>, 'unknown@ingest')
     """
-    return _decode(data, now, BackupEntry, _structure_backup, _BACKUP_FIELDS, _BACKUP_WIRE)
+    return _decode(data, now, _BACKUP)
 
 
-def decode_notification(data: bytes | Mapping[str, Any], *, now: datetime) -> Decoded[Notification]:
+def decode_notification(data: PayloadInput, *, now: datetime) -> Decoded[Notification]:
     """Validate a notification payload; see :func:`decode_backup`."""
-    return _decode(
-        data, now, Notification, _structure_notification, _NOTIFICATION_FIELDS, _NOTIFICATION_WIRE
-    )
+    return _decode(data, now, _NOTIFICATION)
 
 
 def encode_backup(entry: BackupEntry) -> bytes:
@@ -139,7 +166,6 @@ def encode_backup(entry: BackupEntry) -> bytes:
 def encode_notification(notification: Notification) -> bytes:
     """The wire JSON of a notification; absent optional fields are left out."""
     payload = _CONVERTER.unstructure(notification, Notification)
-    payload["severity"] = notification.severity.value
     return _dump({key: value for key, value in payload.items() if value is not None})
 
 
@@ -150,57 +176,46 @@ def _dump(payload: dict[str, Any]) -> bytes:
 # --- decoding -------------------------------------------------------------------------------
 
 
-def _decode(
-    data: bytes | Mapping[str, Any],
-    now: datetime,
-    model: type[ModelT],
-    structure: Callable[[Mapping[str, Any], type[ModelT]], ModelT],
-    known: frozenset[str],
-    wire: Mapping[str, str],
-) -> Decoded[ModelT]:
+def _decode(data: PayloadInput, now: datetime, schema: _Schema[ModelT]) -> Decoded[ModelT]:
     if now.tzinfo is None or now.utcoffset() is None:
         msg = f"now must be an aware datetime, got {now!r}; pass e.g. datetime.now(timezone.utc)"
         raise ValueError(msg)
-    if type(data) is bytes:
-        payload: object = _load(data)
-    elif isinstance(data, bytearray | memoryview):
-        payload = _load(bytes(data))
-    else:
-        payload = data
-    if type(payload) is not dict and not isinstance(payload, Mapping):
-        raise PayloadError([_not_an_object(payload)])
-    mapping = cast("Mapping[str, Any]", payload)
+    payload = _as_mapping(data)
     try:
-        value = structure(mapping, model)
+        value = schema.structure(payload, schema.model)
     except ClassValidationError as group:
-        errors = _field_errors(group, wire)
+        errors = _field_errors(group, schema.wire)
         if "/timestamp" not in {error.field for error in errors}:
-            errors.extend(_policy_errors_for_raw(mapping.get("timestamp"), now))
-        raise PayloadError(_in_wire_order(errors, wire)) from None
+            errors.extend(_policy_errors_for_raw(payload.get("timestamp"), now))
+        raise PayloadError(_in_wire_order(errors, schema.wire)) from None
+    warnings: list[PayloadWarning] = []
     timestamp = value.timestamp
-    if timestamp >= EARLIEST_TIMESTAMP and timestamp - now <= CLOCK_SKEW_TOLERANCE:
-        warnings: list[PayloadWarning] = []
-    else:
-        warnings = []
+    if timestamp < EARLIEST_TIMESTAMP or timestamp - now > CLOCK_SKEW_TOLERANCE:
         policy_errors = _check_time_policy(timestamp, now, warnings)
         if policy_errors:
             raise PayloadError(policy_errors)
-    message = value.message
-    if message is not None and len(message) == _fields.MAX_MESSAGE_LENGTH:
-        _warn_if_truncated(mapping, warnings)
+    if len(value.message or "") == _fields.MAX_MESSAGE_LENGTH:
+        _warn_if_truncated(payload, warnings)
     if type(value) is BackupEntry and value.status not in _RECOMMENDED_STATUSES:
         _warn_if_unknown_status(value, warnings)
-    ignored = () if known.issuperset(mapping) else tuple(key for key in mapping if key not in known)
+    known = schema.known
+    ignored = () if known.issuperset(payload) else tuple(key for key in payload if key not in known)
     return Decoded(value=value, warnings=tuple(warnings), ignored_fields=ignored)
+
+
+def _as_mapping(data: PayloadInput) -> Mapping[str, Any]:
+    payload = _load(data) if isinstance(data, bytes | bytearray | memoryview) else data
+    if type(payload) is not dict and not isinstance(payload, Mapping):
+        raise PayloadError([_not_an_object(payload)])
+    return cast("Mapping[str, Any]", payload)
 
 
 _RECOMMENDED_STATUSES: Final = frozenset(outcome.value for outcome in Outcome) - {"Unknown"}
 
 
 def _load(data: bytes | bytearray | memoryview) -> object:
-    raw = bytes(data)
-    if raw.startswith(_UTF8_BOM):  # some Windows tools send one; it is not part of the JSON
-        raw = raw[len(_UTF8_BOM) :]
+    raw = data if type(data) is bytes else bytes(data)
+    raw = raw.removeprefix(_UTF8_BOM)  # some Windows tools send one; it is not part of the JSON
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -218,11 +233,8 @@ def _load(data: bytes | bytearray | memoryview) -> object:
         ) from None
     # The C scanner directly: JSONDecoder.decode() adds two regex calls around it. Anything
     # unusual (leading or trailing whitespace, an error) goes through decode() for its message.
-    try:
+    with contextlib.suppress(Exception):  # StopIteration, RecursionError...: decode() says which
         parsed, end = _scan_once(text, 0)
-    except Exception:  # noqa: BLE001 - StopIteration, RecursionError, ...: decode() says which
-        pass
-    else:
         if end == len(text):
             return parsed
     try:
@@ -239,7 +251,7 @@ def _load(data: bytes | bytearray | memoryview) -> object:
                 FieldError(
                     field=_pointer(error.key),
                     code="duplicate_key",
-                    message=f"the body has the key {error.key!r} more than once; send each field once",
+                    message=f"the body has the key {error.key!r} more than once; send it once",
                 )
             ]
         ) from None
@@ -289,7 +301,7 @@ def _not_an_object(payload: object) -> FieldError:
         code="not_an_object",
         message=(
             f"the body must be a JSON object with the entry's fields, got "
-            f"{_fields.json_type_name(payload)}; send {{\"deviceName\": ..., ...}}"
+            f'{_fields.json_type_name(payload)}; send {{"deviceName": ..., ...}}'
         ),
     )
 
@@ -299,11 +311,13 @@ def _field_errors(group: ClassValidationError, wire: Mapping[str, str]) -> list[
     errors: list[FieldError] = []
     for error, note in with_notes:
         name = wire.get(note.name, note.name)
-        if isinstance(error, _fields.FieldProblem):
+        if isinstance(error, _fields.FieldRejectedError):
             errors.append(FieldError(field=f"/{name}", code=error.code, message=error.message))
         elif isinstance(error, KeyError):
-            errors.append(FieldError(field=f"/{name}", code="missing", message=f"{name} is required"))
-        else:  # pragma: no cover - every hook raises FieldProblem; kept so nothing is lost
+            errors.append(
+                FieldError(field=f"/{name}", code="missing", message=f"{name} is required")
+            )
+        else:  # pragma: no cover - every hook raises FieldRejectedError; kept so nothing is lost
             errors.append(FieldError(field=f"/{name}", code="invalid", message=f"{name}: {error}"))
     # Without a note an error did not come from a field; none is known, but never drop one.
     errors.extend(  # pragma: no cover
@@ -350,8 +364,8 @@ def _check_time_policy(
                 code="clock_skew",
                 field="/timestamp",
                 message=(
-                    f"timestamp is {_duration(ahead)} ahead of the server's clock; check the sending "
-                    "machine's clock and its UTC offset"
+                    f"timestamp is {_duration(ahead)} ahead of the server's clock; check the "
+                    "sending machine's clock and its UTC offset"
                 ),
             )
         )

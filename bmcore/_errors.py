@@ -4,9 +4,9 @@ Every error bmcore raises on bad input derives from :class:`BmError` and from th
 it narrows, so callers may catch either::
 
     BmError(Exception)
-    ├── PayloadError(BmError, ValueError)        a payload failed validation; .errors lists every problem
-    ├── TimestampError(BmError, ValueError)      parse_timestamp() refused a string; .code says why
-    └── ApiKeyFormatError(BmError, ValueError)   check_api_key_format() refused a string; .reason says why
+    ├── PayloadError(BmError, ValueError)       a payload failed validation: .errors lists all
+    ├── TimestampError(BmError, ValueError)     parse_timestamp() refused a string: .code says why
+    └── ApiKeyFormatError(BmError, ValueError)  a string is not an API key: .reason says why
 
 Each carries a ``status_hint``: the HTTP status an adapter should answer with, so that the
 mapping from error to status lives in one place (the h11 habit of ``error_status_hint``).

@@ -1,4 +1,4 @@
-"""Checks for single payload fields; each returns the clean value or raises FieldProblem.
+"""Checks for single payload fields; each returns the clean value or raises FieldRejectedError.
 
 These are the structure hooks the decoding converter runs per field. They know the field's
 wire name, so every message names the field, says what was expected, what came, and how to
@@ -21,7 +21,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_STATUS_LENGTH",
     "MAX_TYPE_LENGTH",
-    "FieldProblem",
+    "FieldRejectedError",
     "json_type_name",
 ]
 
@@ -39,7 +39,7 @@ _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 _WHITESPACE: Final = re.compile(r"\s")
 
 
-class FieldProblem(ValueError):
+class FieldRejectedError(ValueError):
     """Raised by a field hook; the decoder turns it into a FieldError at the field's pointer."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -48,20 +48,22 @@ class FieldProblem(ValueError):
         super().__init__(message)
 
 
+_JSON_TYPE_NAMES: Final[tuple[tuple[type[object] | tuple[type[object], ...], str], ...]] = (
+    (bool, "boolean"),  # before int: bool is a subclass of int
+    ((int, float), "number"),
+    (str, "string"),
+    ((list, tuple), "array"),
+    (dict, "object"),
+)
+
+
 def json_type_name(value: object) -> str:
     """The JSON name of a parsed value's type, for error messages."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
+    for types, name in _JSON_TYPE_NAMES:
+        if isinstance(value, types):
+            return name
     return type(value).__name__
 
 
@@ -71,13 +73,11 @@ def _shown(value: object) -> str:
 
 
 def _require_string(name: str, value: object) -> str:
-    if type(value) is str:
-        return value
-    if isinstance(value, str):  # a str subclass from a caller's own mapping
+    if isinstance(value, str):  # a str subclass from a caller's own mapping becomes a str
         return str(value)
     if value is None:
-        raise FieldProblem("missing", f"{name} is required and must not be null")
-    _wrong_type(name, value, "a string")
+        raise FieldRejectedError("missing", f"{name} is required and must not be null")
+    return _wrong_type(name, value, "a string")
 
 
 def _wrong_type(name: str, value: object, expected: str) -> NoReturn:
@@ -85,16 +85,18 @@ def _wrong_type(name: str, value: object, expected: str) -> NoReturn:
     hint = ""
     if kind in {"number", "boolean"}:
         hint = f'; put it in quotes: "{name}": "{value}"'
-    raise FieldProblem("wrong_type", f"{name} must be {expected}, got {kind} {_shown(value)}{hint}")
+    raise FieldRejectedError(
+        "wrong_type", f"{name} must be {expected}, got {kind} {_shown(value)}{hint}"
+    )
 
 
 def _check_unicode(name: str, value: str) -> None:
-    """Refuse lone surrogates (JSON "\\ud800" escapes): they cannot be stored or sent as UTF-8."""
+    r"""Refuse lone surrogates (JSON "\ud800" escapes): they cannot be stored or sent as UTF-8."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as error:
         bad = value[error.start]
-        raise FieldProblem(
+        raise FieldRejectedError(
             "invalid_unicode",
             f"{name} contains an unpaired UTF-16 surrogate (U+{ord(bad):04X}) at position "
             f"{error.start}; send valid Unicode text",
@@ -108,7 +110,7 @@ def _check_printable(name: str, value: str) -> None:
         return
     found = _CONTROL.search(value)
     if found is not None:
-        raise FieldProblem(
+        raise FieldRejectedError(
             "control_character",
             f"{name} contains the control character U+{ord(found.group()):04X} at position "
             f"{found.start()}; remove line breaks, tabs and other control characters",
@@ -117,7 +119,7 @@ def _check_printable(name: str, value: str) -> None:
 
 def _check_length(name: str, value: str, limit: int) -> None:
     if len(value) > limit:
-        raise FieldProblem(
+        raise FieldRejectedError(
             "too_long",
             f"{name} must be at most {limit} characters, got {len(value)}; shorten it",
         )
@@ -125,14 +127,19 @@ def _check_length(name: str, value: str, limit: int) -> None:
 
 def _check_not_blank(name: str, value: str) -> None:
     if not value or value.isspace():
-        raise FieldProblem("blank", f"{name} must not be empty or only whitespace")
+        raise FieldRejectedError("blank", f"{name} must not be empty or only whitespace")
 
 
 def _check_text(name: str, value: str, limit: int) -> str:
     # The fast path accepts what nearly every payload holds: printable ASCII, not blank, short.
-    if value.isascii() and value.isprintable() and len(value) <= limit and not value.isspace():
-        if value:
-            return value
+    if (
+        value
+        and value.isascii()
+        and value.isprintable()
+        and len(value) <= limit
+        and not value.isspace()
+    ):
+        return value
     _check_not_blank(name, value)
     _check_length(name, value, limit)
     _check_unicode(name, value)
@@ -180,14 +187,16 @@ def structure_type(value: object, _: object) -> str:
     """type: a short identifier, 1-100 characters, no whitespace or control characters."""
     text = _require_string("type", value)
     if not text:
-        raise FieldProblem("blank", "type must not be empty; send a short identifier such as disk_space_low")
+        raise FieldRejectedError(
+            "blank", "type must not be empty; send a short identifier such as disk_space_low"
+        )
     _check_length("type", text, MAX_TYPE_LENGTH)
     if not text.isascii():
         _check_unicode("type", text)
     _check_printable("type", text)
     found = _WHITESPACE.search(text)
     if found is not None:
-        raise FieldProblem(
+        raise FieldRejectedError(
             "whitespace",
             f"type must not contain whitespace (found at position {found.start()}); use an "
             "identifier such as disk_space_low",
@@ -208,7 +217,7 @@ def message_hook(*, required: bool) -> Callable[[object, object], str | None]:
         if not value.isascii():
             _check_unicode("message", value)
         if "\x00" in value:
-            raise FieldProblem(
+            raise FieldRejectedError(
                 "control_character",
                 f"message contains a NUL character (U+0000) at position {value.index(chr(0))}; "
                 "remove it",
@@ -227,7 +236,7 @@ def structure_severity(value: object, _: object) -> Severity:
     text = _require_string("severity", value)
     severity = _SEVERITIES.get(text.lower() if text.isascii() else text)
     if severity is None:
-        raise FieldProblem(
+        raise FieldRejectedError(
             "invalid_severity",
             f"severity must be one of {_SEVERITY_CHOICES} (any case), got {_shown(text)}",
         )
@@ -238,9 +247,9 @@ def structure_timestamp(value: object, _: object) -> datetime:
     """timestamp: ISO 8601 with a UTC offset; the time policy is applied by the decoder."""
     if type(value) is not str:
         if value is None:
-            raise FieldProblem("missing", "timestamp is required and must not be null")
+            raise FieldRejectedError("missing", "timestamp is required and must not be null")
         if json_type_name(value) == "number":
-            raise FieldProblem(
+            raise FieldRejectedError(
                 "wrong_type",
                 f"timestamp must be an ISO 8601 string such as 2024-06-04T12:00:00Z, got number "
                 f"{_shown(value)}; epoch numbers are not accepted",
@@ -249,4 +258,4 @@ def structure_timestamp(value: object, _: object) -> datetime:
     try:
         return parse_timestamp(value)
     except TimestampError as error:
-        raise FieldProblem(error.code, f"timestamp {error.message}") from None
+        raise FieldRejectedError(error.code, f"timestamp {error.message}") from None

@@ -31,9 +31,9 @@ _TEXT_VERSION: Final = "v1"
 
 
 def canonical_name(name: str) -> str:
-    """The canonical form of a name, as used for matching.
+    r"""The canonical form of a name, as used for matching.
 
-    >>> canonical_name("  Nightly   FULL\\tBackup ")
+    >>> canonical_name("  Nightly   FULL\tBackup ")
     'nightly full backup'
     """
     folded = unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())

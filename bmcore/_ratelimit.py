@@ -73,7 +73,9 @@ def _ceil_s(ns: int) -> int:
     return -(-ns // _NS_PER_S)
 
 
-def decide(tat: int | None, now_ns: int, policy: RatePolicy, cost: int = 1) -> tuple[Decision, int | None]:
+def decide(
+    tat: int | None, now_ns: int, policy: RatePolicy, cost: int = 1
+) -> tuple[Decision, int | None]:
     """Decide one request; returns the decision and the key's new state (its TAT).
 
     ``tat`` is the key's state from the previous call, or ``None`` for a key never seen (or
@@ -101,7 +103,12 @@ def decide(tat: int | None, now_ns: int, policy: RatePolicy, cost: int = 1) -> t
     # Denied: the state is unchanged, so a denied request costs nothing.
     wait = backlog - capacity
     return (
-        Decision(False, (capacity - (start - now_ns)) // interval, max(1, _ceil_s(wait)), _ceil_s(start - now_ns)),
+        Decision(
+            False,
+            (capacity - (start - now_ns)) // interval,
+            max(1, _ceil_s(wait)),
+            _ceil_s(start - now_ns),
+        ),
         tat,
     )
 

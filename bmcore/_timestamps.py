@@ -38,7 +38,10 @@ _fromisoformat = datetime.fromisoformat
 _DIGITS: Final = frozenset("0123456789")
 # Every offset dateutil accepts in the ±HH:MM form (hours 00-23, minutes 00-59).
 _OFFSETS: Final = frozenset(
-    f"{sign}{hours:02}:{minutes:02}" for sign in "+-" for hours in range(24) for minutes in range(60)
+    f"{sign}{hours:02}:{minutes:02}"
+    for sign in "+-"
+    for hours in range(24)
+    for minutes in range(60)
 )
 
 
@@ -94,7 +97,9 @@ def format_timestamp(moment: datetime) -> str:
     '2024-06-04T14:00:00.500000+02:00'
     """
     if moment.utcoffset() is None:
-        msg = f"cannot format {moment!r}: it has no UTC offset; attach one with .replace(tzinfo=...)"
+        msg = (
+            f"cannot format {moment!r}: it has no UTC offset; attach one with .replace(tzinfo=...)"
+        )
         raise ValueError(msg)
     return moment.isoformat()
 
