@@ -1,0 +1,106 @@
+"""The developer's entry point: ``nox`` runs lint, type checks, tests and coverage.
+
+``nox`` alone runs the default sessions, which is what the README's test command and CI run.
+Virtual environments are reused between runs; ``nox -R`` also skips reinstalling.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "virtualenv"
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["lint", "typecheck", "tests", "coverage"]
+
+ROOT = Path(__file__).parent
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+# The supported Pythons, read from the classifiers so that there is one list to keep.
+SUPPORTED = nox.project.python_versions(PYPROJECT)
+PACKAGES = ["bmcore", "bmserver", "pytest_bm"]
+# bmcore is what other teams embed: its line and branch coverage must stay at least this.
+BMCORE_MIN_COVERAGE = 95
+
+
+def _runs(command: str) -> bool:
+    executable = shutil.which(command)
+    if executable is None:
+        return False
+    result = subprocess.run(  # noqa: S603 - a Python interpreter found on PATH
+        [executable, "-c", "pass"], capture_output=True, check=False
+    )
+    return result.returncode == 0
+
+
+def _expose_pyenv_versions() -> None:
+    """Put pyenv's other installed Pythons on PATH, so that nox finds every one of them.
+
+    pyenv's shims only run the versions that are active; the others answer with an error.
+    """
+    root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
+    versions = Path(root) / "versions"
+    if not versions.is_dir():
+        return
+    extra: list[str] = []
+    for version in SUPPORTED:
+        if _runs(f"python{version}"):
+            continue
+        found = sorted(versions.glob(f"{version}.*/bin/python{version}"))
+        if found:
+            extra.append(str(found[-1].parent))
+    if extra:
+        os.environ["PATH"] = os.pathsep.join([*extra, os.environ.get("PATH", "")])
+
+
+_expose_pyenv_versions()
+INSTALLED = [version for version in SUPPORTED if _runs(f"python{version}")] or SUPPORTED[:1]
+
+
+def _install(session: nox.Session, *groups: str, extras: str = "server") -> None:
+    session.install("-e", f".[{extras}]")
+    for group in groups:
+        session.install(*nox.project.dependency_groups(PYPROJECT, group))
+
+
+@nox.session(python=INSTALLED[0])
+def lint(session: nox.Session) -> None:
+    """Ruff's lint rules and formatting, and the import layers (pytest_bm -> bmserver -> bmcore)."""
+    _install(session, "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
+
+
+@nox.session(python=INSTALLED[0])
+def typecheck(session: nox.Session) -> None:
+    """Type-check with mypy --strict and pyright strict: the packages, the tests and this noxfile."""
+    _install(session, "typecheck")
+    session.run("mypy")
+    session.run("pyright")
+
+
+@nox.session(python=INSTALLED)
+def tests(session: nox.Session) -> None:
+    """The test suite with branch coverage, on every supported Python that is installed."""
+    _install(session, "test")
+    session.run(
+        "coverage",
+        "run",
+        "-m",
+        "pytest",
+        *session.posargs,
+        env={"COVERAGE_FILE": str(ROOT / f".coverage.{session.python}")},
+    )
+
+
+@nox.session(python=INSTALLED[0])
+def coverage(session: nox.Session) -> None:
+    """Combine the coverage of every tests run; bmcore must stay at 95% or more."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "test"))
+    session.run("coverage", "combine")  # merges and removes the .coverage.* files
+    session.run("coverage", "report")
+    session.run("coverage", "report", "--include=bmcore/*", f"--fail-under={BMCORE_MIN_COVERAGE}")
