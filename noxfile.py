@@ -77,7 +77,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=INSTALLED[0])
 def typecheck(session: nox.Session) -> None:
-    """Type-check with mypy --strict and pyright strict: the packages, the tests and this noxfile."""
+    """Run mypy --strict and pyright strict on the packages, the tests and this noxfile."""
     _install(session, "typecheck")
     session.run("mypy")
     session.run("pyright")
