@@ -49,7 +49,7 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class DeviceKey:
     """Identifies a device: sender + deviceName, both in canonical form.
 
@@ -64,7 +64,7 @@ class DeviceKey:
     @classmethod
     def of(cls, sender: str, device_name: str) -> DeviceKey:
         """The key of a device; the names are canonicalised."""
-        return cls(sender, device_name)
+        return cls(sender=sender, device_name=device_name)
 
     @property
     def text(self) -> str:
@@ -77,7 +77,7 @@ class DeviceKey:
         return _digest(self.text)
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class JobKey:
     """Identifies a job: sender + deviceName + jobName, all in canonical form.
 
@@ -92,12 +92,12 @@ class JobKey:
     @classmethod
     def of(cls, sender: str, device_name: str, job_name: str) -> JobKey:
         """The key of a job; the names are canonicalised."""
-        return cls(sender, device_name, job_name)
+        return cls(sender=sender, device_name=device_name, job_name=job_name)
 
     @property
     def device(self) -> DeviceKey:
         """The key of the device this job runs on."""
-        return DeviceKey(self.sender, self.device_name)
+        return DeviceKey(sender=self.sender, device_name=self.device_name)
 
     @property
     def text(self) -> str:
