@@ -47,8 +47,8 @@ def generate_api_key(random_bytes: Callable[[int], bytes] = secrets.token_bytes)
     'bm_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA'
     """
     raw = random_bytes(_RANDOM_BYTES)
-    if len(raw) < _RANDOM_BYTES:
-        msg = f"random_bytes({_RANDOM_BYTES}) returned only {len(raw)} bytes"
+    if len(raw) != _RANDOM_BYTES:
+        msg = f"random_bytes({_RANDOM_BYTES}) returned {len(raw)} bytes"
         raise ValueError(msg)
     return API_KEY_PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
@@ -63,12 +63,10 @@ def check_api_key_format(text: str) -> str:
     ...
     bmcore._errors.ApiKeyFormatError: not a valid API key: it has 5 characters after bm_, ...
     """
+    if text != text.strip():
+        raise ApiKeyFormatError("it has leading or trailing whitespace; send the key alone")
     if not text.startswith(API_KEY_PREFIX):
-        if text != text.strip():
-            reason = "it has leading or trailing whitespace; send the key alone"
-        else:
-            reason = f"it does not start with {API_KEY_PREFIX!r}"
-        raise ApiKeyFormatError(reason)
+        raise ApiKeyFormatError(f"it does not start with {API_KEY_PREFIX!r}")
     body = text[len(API_KEY_PREFIX) :]
     bad = next((index for index, char in enumerate(body) if char not in _ALPHABET), None)
     if bad is not None:

@@ -2,8 +2,11 @@
 
 The spec matches on sender + deviceName (the device) and sender + deviceName + jobName (the
 job). Names are compared in a canonical form so that ``"SRV01 "`` and ``"srv01"`` are the same
-machine: Unicode NFC, surrounding whitespace stripped, inner runs of whitespace collapsed to
-one space, case-folded (and NFC again, since case folding can leave a string unnormalised).
+machine: Unicode canonical caseless matching (NFD, case-folded, then NFC for storage),
+surrounding whitespace stripped, inner runs of whitespace collapsed to one space. Strings that
+differ only in case compare equal; the one exception Unicode itself documents is U+0345
+COMBINING GREEK YPOGEGRAMMENI, whose fold is a letter, so ``x`` and ``x.casefold()`` can differ
+when it stands in an unusual position.
 
 Text form, version 1 (stable across processes and releases; pinned by fixed test vectors)::
 
@@ -36,7 +39,9 @@ def canonical_name(name: str) -> str:
     >>> canonical_name("  Nightly   FULL\tBackup ")
     'nightly full backup'
     """
-    folded = unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+    # Unicode's canonical caseless matching (D145) folds the NFD form, so that combining marks
+    # are in canonical order before folding; NFC then gives the compact form that is stored.
+    folded = unicodedata.normalize("NFC", unicodedata.normalize("NFD", name).casefold())
     return " ".join(folded.split())
 
 

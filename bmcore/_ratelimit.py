@@ -91,9 +91,7 @@ def decide(
     """
     interval = policy.interval_ns
     capacity = policy.burst * interval
-    if not 0 <= cost <= policy.burst:
-        msg = f"cost must be between 0 and the burst ({policy.burst}), got {cost}"
-        raise ValueError(msg)
+    _check_cost(cost, policy)
     start = now_ns if tat is None or tat < now_ns else tat
     new_tat = start + cost * interval
     backlog = new_tat - now_ns
@@ -105,12 +103,19 @@ def decide(
     return (
         Decision(
             False,
-            (capacity - (start - now_ns)) // interval,
+            # Below zero only when the clock went back behind the state; report none left.
+            max(0, (capacity - (start - now_ns)) // interval),
             max(1, _ceil_s(wait)),
             _ceil_s(start - now_ns),
         ),
         tat,
     )
+
+
+def _check_cost(cost: int, policy: RatePolicy) -> None:
+    if not 0 <= cost <= policy.burst:
+        msg = f"cost must be between 0 and the burst ({policy.burst}), got {cost}"
+        raise ValueError(msg)
 
 
 KeyT = TypeVar("KeyT", bound=Hashable)
@@ -141,9 +146,11 @@ class KeyedLimiter(Generic[KeyT]):
         # TAT <= u + burst*interval, so the front holds the keys most likely to have refilled.
         self._tats: dict[KeyT, int] = {}
         self._lock = threading.Lock()
-        # When full of refilling buckets: the earliest TAT among them, so that new keys are
-        # refused in O(1) until then instead of scanning every key on every request.
-        self._full_until = 0
+        # When full of refilling buckets: a lower bound of the earliest TAT among them, so that
+        # new keys are refused in O(1) until then instead of scanning every key on every
+        # request. None when unknown. Updates only raise TATs and removals only raise the
+        # minimum, so the bound stays valid; a new key lowers it to its own TAT.
+        self._full_until: int | None = None
 
     def __len__(self) -> int:
         """The number of keys holding state (buckets not yet full)."""
@@ -154,16 +161,19 @@ class KeyedLimiter(Generic[KeyT]):
         tats = self._tats
         with self._lock:
             tat = tats.get(key)
-            if tat is None and len(tats) >= self.max_keys and not self._make_room(now_ns):
-                return Decision(
-                    False, 0, max(1, _ceil_s(self._full_until - now_ns)), self.policy.window_s
-                )
+            if tat is None and cost and len(tats) >= self.max_keys:
+                wait = self._wait_for_room(now_ns)
+                if wait:
+                    _check_cost(cost, self.policy)
+                    return Decision(False, 0, wait, wait)
             decision, new_tat = decide(tat, now_ns, self.policy, cost)
             if decision.allowed and cost:
                 if tat is not None:
                     del tats[key]  # re-insert at the back: the order of last admission
                 if new_tat is not None:
                     tats[key] = new_tat
+                    if self._full_until is not None and new_tat < self._full_until:
+                        self._full_until = new_tat
             elif tat is not None and tat <= now_ns:
                 del tats[key]  # a peek at a bucket that has refilled: drop its stale state
             # Amortised clean-up: drop one refilled bucket from the front per call.
@@ -176,21 +186,22 @@ class KeyedLimiter(Generic[KeyT]):
     def reset(self, key: KeyT) -> None:
         """Forget ``key``'s state: its bucket is full again."""
         with self._lock:
-            self._tats.pop(key, None)
+            self._tats.pop(key, None)  # the minimum TAT can only rise: _full_until stays valid
 
     def clear(self) -> None:
         """Forget every key's state."""
         with self._lock:
             self._tats.clear()
+            self._full_until = None
 
-    def _make_room(self, now_ns: int) -> bool:
-        """Drop refilled buckets; False when every tracked bucket is still refilling."""
-        if now_ns < self._full_until:
-            return False
-        tats = self._tats
-        for key in [key for key, tat in tats.items() if tat <= now_ns]:
-            del tats[key]
-        if len(tats) < self.max_keys:
-            return True
-        self._full_until = min(tats.values())
-        return False
+    def _wait_for_room(self, now_ns: int) -> int:
+        """Drop refilled buckets; 0 if that made room, else whole seconds until it will."""
+        full_until = self._full_until
+        if full_until is None or now_ns >= full_until:
+            tats = self._tats
+            for key in [key for key, tat in tats.items() if tat <= now_ns]:
+                del tats[key]
+            if len(tats) < self.max_keys:
+                return 0
+            full_until = self._full_until = min(tats.values())
+        return max(1, _ceil_s(full_until - now_ns))
