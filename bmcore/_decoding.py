@@ -249,9 +249,11 @@ def _load(data: bytes | bytearray | memoryview) -> object:
         raise PayloadError(
             [
                 FieldError(
-                    field=_pointer(error.key),
+                    # The JSON decoder's hook does not know where in the document it is.
+                    field="",
                     code="duplicate_key",
-                    message=f"the body has the key {error.key!r} more than once; send it once",
+                    message=f"an object in the body has the key {error.key!r} more than once; "
+                    "send each key once",
                 )
             ]
         ) from None
@@ -260,11 +262,6 @@ def _load(data: bytes | bytearray | memoryview) -> object:
     except RecursionError:
         message = "the body is not valid JSON: it is nested too deeply"
     raise PayloadError([FieldError(field="", code="invalid_json", message=message)])
-
-
-def _pointer(key: str) -> str:
-    """The JSON pointer (RFC 6901) of a top-level key."""
-    return "/" + key.replace("~", "~0").replace("/", "~1")
 
 
 class _DuplicateKeyError(ValueError):

@@ -68,8 +68,20 @@ def json_type_name(value: object) -> str:
 
 
 def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    """A short JSON-like rendering of a value for a message; never raises."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) and value.bit_length() > _MAX_SHOWN_BITS:
+        return f"(an integer of {value.bit_length()} bits)"
+    try:
+        text = repr(value)
+    except ValueError:  # e.g. a huge integer nested in a list: int-to-str has a digit limit
+        return f"(a {json_type_name(value)})"
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+_MAX_SHOWN: Final = 40
+_MAX_SHOWN_BITS: Final = 128
 
 
 def _require_string(name: str, value: object) -> str:
@@ -84,7 +96,7 @@ def _wrong_type(name: str, value: object, expected: str) -> NoReturn:
     kind = json_type_name(value)
     hint = ""
     if kind in {"number", "boolean"}:
-        hint = f'; put it in quotes: "{name}": "{value}"'
+        hint = f'; put it in quotes: "{name}": "{_shown(value)}"'
     raise FieldRejectedError(
         "wrong_type", f"{name} must be {expected}, got {kind} {_shown(value)}{hint}"
     )
@@ -246,6 +258,8 @@ def structure_severity(value: object, _: object) -> Severity:
 def structure_timestamp(value: object, _: object) -> datetime:
     """timestamp: ISO 8601 with a UTC offset; the time policy is applied by the decoder."""
     if type(value) is not str:
+        if isinstance(value, str):  # a str subclass from a caller's own mapping
+            return structure_timestamp(str(value), _)
         if value is None:
             raise FieldRejectedError("missing", "timestamp is required and must not be null")
         if json_type_name(value) == "number":

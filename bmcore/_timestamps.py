@@ -35,7 +35,7 @@ CLOCK_SKEW_TOLERANCE: Final = timedelta(minutes=5)
 
 _fromisoformat = datetime.fromisoformat
 
-_DIGITS: Final = frozenset("0123456789")
+_SECONDS_END: Final = len("YYYY-MM-DDTHH:MM:SS")
 # Every offset dateutil accepts in the ±HH:MM form (hours 00-23, minutes 00-59).
 _OFFSETS: Final = frozenset(
     f"{sign}{hours:02}:{minutes:02}"
@@ -57,24 +57,28 @@ def parse_timestamp(text: str) -> datetime:
     >>> parse_timestamp("2024-06-04T12:00:00Z").isoformat()
     '2024-06-04T12:00:00+00:00'
     """
-    # The common shapes: ASCII, "T" as separator, a digit, then "Z" or a valid "±HH:MM".
+    # The fast path takes exactly YYYY-MM-DDTHH:MM:SS[.digits](Z|±HH:MM), checked at the
+    # fixed positions; fromisoformat then checks the digits. Anything else, including what
+    # fromisoformat would read differently (14:30.5, 14,5, an extra digit), takes the reference.
+    if text[-1:] == "Z":
+        tail = len(text) - 1
+    elif text[-6:] in _OFFSETS:
+        tail = len(text) - 6
+    else:
+        tail = 0
     if (
-        text[10:11] == "T"
+        (tail == _SECONDS_END or (text[19:20] in ".," and text[20:tail].isdigit()))
+        and text[10:11] == "T"
+        and text[16:17] == ":"
+        and text[13] == ":"
+        and text[7] == "-"
+        and text[4] == "-"
         and text.isascii()
-        and (
-            (text[-1:] == "Z" and text[-2:-1] in _DIGITS)
-            or (text[-6:] in _OFFSETS and text[-7:-6] in _DIGITS)
-        )
     ):
         try:
-            parsed = _fromisoformat(text)
+            return _fromisoformat(text)
         except ValueError:
             pass
-        else:
-            # Within these shapes fromisoformat and dateutil agree on what they accept and on
-            # its value (the differential test in tests/core/test_timestamps.py pins that);
-            # the shape guarantees an offset.
-            return parsed
     return reference_parse_timestamp(text)
 
 
