@@ -1,0 +1,211 @@
+"""The versioned schema of the SQLite store, and the code that brings a database up to date.
+
+Each migration is an ordered list of SQL statements. The version a database is at is kept in
+``PRAGMA user_version`` (0 for a new file), so that a database says by itself which
+migrations it has had. :func:`apply_migrations` runs the pending ones in order, each in its own
+``BEGIN IMMEDIATE`` transaction that also sets the new version: a migration is applied
+completely or not at all, and a crash between two migrations leaves a consistent database at
+the earlier version. Released migrations are never edited; a change of schema is a new one.
+
+Timestamps are stored as integer microseconds since the Unix epoch in UTC (``*_us``) plus the
+offset that was sent, in minutes (``*_offset``): integers sort and compare exactly, and the
+offset gives the original wall-clock reading back. ``seq`` is each table's rowid: the order of
+insertion, which breaks ties between equal timestamps in the read side's ordering.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Final
+
+import attrs
+
+from bmserver._store import StoreError
+
+__all__ = ["MIGRATIONS", "Migration", "apply_migrations", "schema_version"]
+
+
+@attrs.frozen(kw_only=True)
+class Migration:
+    """One step of the schema: the version it brings a database to, and its statements."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+_SCHEMA: Final = Migration(
+    version=1,
+    description="accounts, keys, devices, jobs, backups and notifications",
+    statements=(
+        """
+        CREATE TABLE accounts (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL UNIQUE,
+            created_us INTEGER NOT NULL,
+            created_offset INTEGER NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE api_keys (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            account_id TEXT NOT NULL REFERENCES accounts (id),
+            key_hash TEXT NOT NULL UNIQUE,
+            prefix TEXT NOT NULL,
+            scopes TEXT NOT NULL,  -- the scope values, sorted, separated by one space
+            created_us INTEGER NOT NULL,
+            created_offset INTEGER NOT NULL,
+            revoked_us INTEGER,
+            revoked_offset INTEGER
+        )
+        """,
+        "CREATE INDEX api_keys_by_prefix ON api_keys (prefix)",
+        """
+        CREATE TABLE devices (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            account_id TEXT NOT NULL REFERENCES accounts (id),
+            digest TEXT NOT NULL,  -- bmcore.DeviceKey digest
+            sender TEXT NOT NULL,
+            device_name TEXT NOT NULL,
+            created_us INTEGER NOT NULL,
+            created_offset INTEGER NOT NULL,
+            last_seen_us INTEGER NOT NULL,
+            last_seen_offset INTEGER NOT NULL,
+            UNIQUE (account_id, digest)
+        )
+        """,
+        """
+        CREATE TABLE jobs (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            account_id TEXT NOT NULL REFERENCES accounts (id),
+            device_id TEXT NOT NULL REFERENCES devices (id),
+            digest TEXT NOT NULL,  -- bmcore.JobKey digest
+            sender TEXT NOT NULL,
+            device_name TEXT NOT NULL,
+            job_name TEXT NOT NULL,
+            created_us INTEGER NOT NULL,
+            created_offset INTEGER NOT NULL,
+            UNIQUE (account_id, digest)
+        )
+        """,
+        """
+        CREATE TABLE backups (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            account_id TEXT NOT NULL REFERENCES accounts (id),
+            device_id TEXT NOT NULL REFERENCES devices (id),
+            job_id TEXT NOT NULL REFERENCES jobs (id),
+            ts_us INTEGER NOT NULL,
+            ts_offset INTEGER NOT NULL,
+            sender TEXT NOT NULL,
+            device_name TEXT NOT NULL,
+            job_name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            message TEXT NOT NULL,
+            content_hash BLOB NOT NULL,  -- SHA-256 of bmcore.encode_backup(entry)
+            received_us INTEGER NOT NULL,
+            received_offset INTEGER NOT NULL,
+            UNIQUE (job_id, ts_us)  -- the idempotency key; also finds a job's latest entry
+        )
+        """,
+        """
+        CREATE TABLE notifications (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            account_id TEXT NOT NULL REFERENCES accounts (id),
+            device_id TEXT NOT NULL REFERENCES devices (id),
+            job_id TEXT REFERENCES jobs (id),
+            ts_us INTEGER NOT NULL,
+            ts_offset INTEGER NOT NULL,
+            sender TEXT NOT NULL,
+            device_name TEXT NOT NULL,
+            job_name TEXT,
+            severity TEXT NOT NULL,
+            type TEXT NOT NULL,
+            message TEXT,
+            content_hash BLOB NOT NULL,  -- SHA-256 of bmcore.encode_notification(notification)
+            received_us INTEGER NOT NULL,
+            received_offset INTEGER NOT NULL,
+            UNIQUE (account_id, content_hash)  -- the idempotency key
+        )
+        """,
+    ),
+)
+
+# The read side lists newest first within one account, optionally filtered by a name. An
+# index's entries end with the rowid (seq), so (account_id, ts_us) already yields the full
+# sort key (ts_us, seq) in order and SQLite needs no sort step.
+_READ_INDEXES: Final = Migration(
+    version=2,
+    description="indexes for the read side's listings and filters",
+    statements=(
+        "CREATE INDEX devices_newest ON devices (account_id, created_us)",
+        "CREATE INDEX jobs_newest ON jobs (account_id, created_us)",
+        "CREATE INDEX jobs_by_device_name ON jobs (account_id, device_name, created_us)",
+        "CREATE INDEX backups_newest ON backups (account_id, ts_us)",
+        "CREATE INDEX backups_by_device_name ON backups (account_id, device_name, ts_us)",
+        "CREATE INDEX backups_by_job_name ON backups (account_id, job_name, ts_us)",
+        "CREATE INDEX notifications_newest ON notifications (account_id, ts_us)",
+        "CREATE INDEX notifications_by_device ON notifications (account_id, device_name, ts_us)",
+        "CREATE INDEX notifications_by_type ON notifications (account_id, type, ts_us)",
+    ),
+)
+
+#: Every migration, in order: the one at index ``i`` brings a database to version ``i + 1``.
+MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA, _READ_INDEXES)
+
+
+def schema_version(connection: sqlite3.Connection) -> int:
+    """The version a database is at: the number of migrations applied to it."""
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    return int(version)
+
+
+def apply_migrations(
+    connection: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS
+) -> int:
+    """Apply the pending migrations in order, each in its own transaction; return how many.
+
+    ``connection`` must be in autocommit mode (``isolation_level=None``) with no transaction
+    open. A database at a version newer than the last migration is refused with
+    :class:`StoreError`: this code does not know its schema.
+    """
+    for index, migration in enumerate(migrations, start=1):
+        if migration.version != index:
+            msg = (
+                f"migration {migration.description!r} has version {migration.version}, not {index}"
+            )
+            raise ValueError(msg)
+    latest = len(migrations)
+    version = schema_version(connection)
+    if version > latest:
+        msg = (
+            f"the database is at schema version {version}, newer than this bmserver knows"
+            f" ({latest}); upgrade bmserver"
+        )
+        raise StoreError(msg)
+    applied = 0
+    for migration in migrations[version:]:
+        # IMMEDIATE takes the write lock first, so that two processes starting on the same new
+        # file cannot both apply a migration: the second one finds the new version and skips.
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(connection) >= migration.version:
+                connection.execute("COMMIT")
+                continue
+            for statement in migration.statements:
+                connection.execute(statement)
+            # PRAGMA takes no parameters; the version is an int from our own list.
+            connection.execute(f"PRAGMA user_version = {migration.version:d}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        applied += 1
+    return applied

@@ -1,0 +1,949 @@
+"""The embedded default store: one SQLite file in WAL mode, one writer thread, pooled readers.
+
+Writes: every write becomes a closure on a thread-safe queue. One writer thread owns the only
+write connection; it takes everything pending (up to :data:`MAX_BATCH`) as one batch, runs each
+write inside its own SAVEPOINT (so a write that fails, such as a conflict, is undone alone and
+the rest of the batch stands), COMMITs once, and only then resolves each caller's future on
+the caller's event loop. A write's coroutine therefore returns only after its commit: the HTTP
+layer never acknowledges an entry that a crash could still lose. Batching is what keeps that
+affordable: one fsync covers every write that arrived while the previous batch committed, so
+the commit rate adapts to the load without any timer.
+
+Reads run in worker threads (``asyncio.to_thread``) on read-only connections from a small
+pool. In WAL mode readers see the last committed state and neither block the writer nor wait
+for it.
+
+The schema and its migrations are in :mod:`bmserver._migrations`; they are applied by the
+writer thread before :meth:`SqliteStore.open` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import enum
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Generator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, NamedTuple, Self, TypeVar
+
+import bmcore
+from bmserver._memory import (
+    EntryFacts,
+    TimeWindow,
+    backup_facts,
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+    join_datetime,
+    new_id,
+    notification_facts,
+    split_datetime,
+)
+from bmserver._migrations import apply_migrations
+from bmserver._store import (
+    Account,
+    ApiKeyRecord,
+    BackupQuery,
+    ConflictError,
+    DeviceRecord,
+    JobRecord,
+    NotificationQuery,
+    Page,
+    Scope,
+    StoredBackup,
+    StoredNotification,
+    StoreError,
+    UnknownKeyError,
+    WriteResult,
+)
+
+__all__ = ["BUSY_TIMEOUT_S", "MAX_BATCH", "SqliteStore"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: The most writes committed together: bounds the latency one batch adds to its last write.
+MAX_BATCH: Final = 500
+#: How long a connection waits for a lock held by another process (say ``bmserver keys``).
+BUSY_TIMEOUT_S: Final = 5.0
+
+_Row = Any  # a row from sqlite3: a tuple of the selected columns
+
+
+class _State(enum.Enum):
+    CLOSED = "closed"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+
+
+class _Write(NamedTuple):
+    """A queued write: what to run on the write connection, and whom to tell the result."""
+
+    run: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+class SqliteStore:
+    """A :class:`~bmserver.Store` on one SQLite file (created if absent).
+
+    ``busy_timeout_s`` is how long a connection waits for a lock that another process holds
+    (``bmserver keys`` writing while the server runs); a batch that cannot start or commit in
+    that time fails as a whole, and its callers get StoreError.
+
+    ``open()`` applies pending migrations and starts the writer thread; ``close()`` refuses new
+    writes, commits everything already queued, stops the thread and closes every connection.
+    The store can be opened again after ``close()``. It may be used from several event loops
+    and threads: each write resolves on the loop that awaited it.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout_s: float = BUSY_TIMEOUT_S
+    ) -> None:
+        self.path: Final = os.fspath(path)
+        self.busy_timeout_s: Final = busy_timeout_s
+        #: How many transactions the writer has committed (a test checks that it batches).
+        self.commit_count = 0
+        #: How many migrations the last ``open()`` applied (0 when the schema was current).
+        self.migrations_applied = 0
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()  # None: stop
+        # Guards the open/closed state together with the queue, so that no write can slip in
+        # behind the stop marker and wait forever.
+        self._lock = threading.Lock()
+        self._state = _State.CLOSED
+        self._thread: threading.Thread | None = None
+        self._accepting = False
+        self._hold = threading.Lock()
+        self._readers_lock = threading.Lock()
+        self._idle_readers: list[sqlite3.Connection] = []
+        self._reading = False
+        # Fixed now, relative to the current directory, like the writer's own path.
+        self._reader_uri = Path(self.path).absolute().as_uri() + "?mode=ro"
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or open the file, apply pending migrations, start the writer thread."""
+        with self._lock:
+            if self._state is not _State.CLOSED:
+                raise StoreError(f"the store is already {self._state.value}")
+            self._state = _State.OPENING
+            ready: concurrent.futures.Future[int] = concurrent.futures.Future()
+            thread = threading.Thread(
+                target=self._writer_main, args=(ready,), name="bmserver-sqlite-writer", daemon=True
+            )
+            self._thread = thread
+        thread.start()
+        try:
+            self.migrations_applied = await asyncio.wrap_future(ready)
+        except BaseException:
+            # Failed (or cancelled) while migrating: stop the thread if it got that far.
+            with self._lock:
+                self._thread = None
+                self._accepting = False
+                self._queue.put(None)
+            thread.join()
+            _drain(self._queue)
+            with self._lock:
+                self._state = _State.CLOSED
+            raise
+        with self._lock:
+            self._state = _State.OPEN
+        with self._readers_lock:
+            self._reading = True
+
+    async def close(self) -> None:
+        """Refuse new writes, commit every queued one, stop the writer, close all connections.
+
+        Closing a store that is not open does nothing; a second concurrent close() waits for
+        the first.
+        """
+        with self._lock:
+            thread = self._thread
+            if thread is None or self._state not in {_State.OPEN, _State.CLOSING}:
+                return
+            if self._state is _State.OPEN:
+                self._state = _State.CLOSING
+                self._accepting = False
+                self._queue.put(None)  # after every accepted write: the writer drains them first
+        await asyncio.to_thread(thread.join)
+        with self._lock:
+            if self._state is _State.CLOSING:
+                self._state = _State.CLOSED
+                self._thread = None
+        with self._readers_lock:
+            self._reading = False
+            idle, self._idle_readers = self._idle_readers, []
+        for connection in idle:
+            connection.close()
+
+    @contextlib.contextmanager
+    def hold_writes(self) -> Generator[None]:
+        """Keep the writer from starting a batch while held; what queues meanwhile is one batch.
+
+        For tests and benchmarks that need a known batch. Do not await a write inside the
+        block: it cannot complete before the block ends.
+        """
+        with self._hold:
+            yield
+
+    # --- the writer thread --------------------------------------------------------------------
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        # Autocommit mode (isolation_level=None): transactions are exactly the BEGIN/COMMIT
+        # below, never ones the sqlite3 module opens implicitly.
+        connection = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_s)
+        try:
+            _use_wal(connection, self.path)
+            # FULL: a commit is on disk, not only in the WAL's OS buffers, before it is acked.
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _writer_main(self, ready: concurrent.futures.Future[int]) -> None:
+        try:
+            connection = self._connect_writer()
+        except BaseException as error:  # noqa: BLE001 - open() raises it
+            ready.set_exception(error)
+            return
+        try:
+            try:
+                applied = apply_migrations(connection)
+            except BaseException as error:  # noqa: BLE001 - open() raises it
+                ready.set_exception(error)
+                return
+            with self._lock:
+                # Unless open() gave up meanwhile (it clears _thread): then only stop.
+                self._accepting = self._thread is threading.current_thread()
+            ready.set_result(applied)
+            self._write_loop(connection)
+        finally:
+            connection.close()
+            # Normally the queue is empty here; after an unexpected failure of the loop itself,
+            # no write may wait forever.
+            with self._lock:
+                self._accepting = False
+            for write in _drain(self._queue):
+                _settle(write, None, StoreError("the store's writer has stopped"))
+
+    def _write_loop(self, connection: sqlite3.Connection) -> None:
+        while True:
+            first = self._queue.get()
+            with self._hold:
+                batch, stop = self._take_batch(first)
+            if batch:
+                self._commit_batch(connection, batch)
+            if stop:
+                return
+
+    def _take_batch(self, first: _Write | None) -> tuple[list[_Write], bool]:
+        batch: list[_Write] = []
+        item = first
+        while item is not None:
+            batch.append(item)
+            if len(batch) >= MAX_BATCH:
+                return batch, False
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch, False
+        return batch, True
+
+    def _commit_batch(self, connection: sqlite3.Connection, batch: Sequence[_Write]) -> None:
+        results: list[tuple[object, BaseException | None]] = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                connection.execute("SAVEPOINT write")
+                try:
+                    result = write.run(connection)
+                except Exception as error:  # noqa: BLE001 - the caller gets it, the batch goes on
+                    connection.execute("ROLLBACK TO write")
+                    connection.execute("RELEASE write")
+                    results.append((None, error))
+                else:
+                    connection.execute("RELEASE write")
+                    results.append((result, None))
+            connection.execute("COMMIT")
+        except Exception as batch_error:  # noqa: BLE001 - BEGIN, COMMIT or a savepoint failed
+            # Nothing of this batch is durable: every caller gets an error, none an ack.
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            for write in batch:
+                failure = StoreError(f"the write could not be committed: {batch_error}")
+                failure.__cause__ = batch_error
+                _settle(write, None, failure)
+            return
+        self.commit_count += 1
+        for write, (result, write_error) in zip(batch, results, strict=True):
+            _settle(write, result, write_error)
+
+    async def _write(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if not self._accepting:
+                raise StoreError("the store is not open")
+            self._queue.put(_Write(run, loop, future))
+        return await future
+
+    # --- readers ------------------------------------------------------------------------------
+
+    async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        if not self._reading:
+            raise StoreError("the store is not open")
+        return await asyncio.to_thread(self._read_now, run)
+
+    def _read_now(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        with self._readers_lock:
+            connection = self._idle_readers.pop() if self._idle_readers else None
+        if connection is None:
+            # Read-only: a reader can never write, by mistake or otherwise. The pool hands
+            # connections between worker threads, one thread at a time.
+            connection = sqlite3.connect(
+                self._reader_uri,
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self.busy_timeout_s,
+            )
+        try:
+            return run(connection)
+        finally:
+            self._release_reader(connection)
+
+    def _release_reader(self, connection: sqlite3.Connection) -> None:
+        with self._readers_lock:
+            if self._reading:
+                self._idle_readers.append(connection)
+                return
+        connection.close()  # the store was closed while this read ran
+
+    # --- accounts and keys --------------------------------------------------------------------
+
+    async def create_account(self, name: str, *, now: datetime) -> Account:
+        """Create an account (names are unique; an existing name returns that account)."""
+        created_us, created_offset = split_datetime(now)
+
+        def run(connection: sqlite3.Connection) -> Account:
+            row = connection.execute(
+                "SELECT id, name, created_us, created_offset FROM accounts WHERE name = ?",
+                (name,),
+            ).fetchone()
+            if row is not None:
+                return _account(row)
+            account_id = new_id("acc")
+            connection.execute(
+                "INSERT INTO accounts (id, name, created_us, created_offset) VALUES (?, ?, ?, ?)",
+                (account_id, name, created_us, created_offset),
+            )
+            return _account((account_id, name, created_us, created_offset))
+
+        return await self._write(run)
+
+    async def count_accounts(self) -> int:
+        """How many accounts exist (0 on a new database)."""
+
+        def run(connection: sqlite3.Connection) -> int:
+            (count,) = connection.execute("SELECT count(*) FROM accounts").fetchone()
+            return int(count)
+
+        return await self._read(run)
+
+    async def add_api_key(
+        self,
+        *,
+        account_id: str,
+        key_hash: str,
+        prefix: str,
+        scopes: frozenset[Scope],
+        now: datetime,
+    ) -> ApiKeyRecord:
+        """Store a new key's hash; StoreError for an unknown account or a hash already stored."""
+        created_us, created_offset = split_datetime(now)
+        scope_text = " ".join(sorted(scope.value for scope in scopes))
+
+        def run(connection: sqlite3.Connection) -> ApiKeyRecord:
+            _require_account(connection, account_id)
+            if connection.execute(
+                "SELECT 1 FROM api_keys WHERE key_hash = ?", (key_hash,)
+            ).fetchone():
+                raise StoreError("a key with this hash is already stored")
+            key_id = new_id("key")
+            row = (key_id, account_id, key_hash, prefix, scope_text, created_us, created_offset)
+            row_with_revocation = (*row, None, None)
+            connection.execute(_INSERT_KEY, row_with_revocation)
+            return _api_key(row_with_revocation)
+
+        return await self._write(run)
+
+    async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        """The unrevoked key with this hash, or None."""
+
+        def run(connection: sqlite3.Connection) -> ApiKeyRecord | None:
+            row = connection.execute(
+                _SELECT_KEYS + " WHERE key_hash = ? AND revoked_us IS NULL",
+                (key_hash,),
+            ).fetchone()
+            return None if row is None else _api_key(row)
+
+        return await self._read(run)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Every key, revoked ones included, oldest first."""
+
+        def run(connection: sqlite3.Connection) -> list[ApiKeyRecord]:
+            rows = connection.execute(_SELECT_KEYS + " ORDER BY created_us, seq").fetchall()
+            return [_api_key(row) for row in rows]
+
+        return await self._read(run)
+
+    async def revoke_api_key(self, prefix: str, *, now: datetime) -> ApiKeyRecord:
+        """Revoke the unrevoked keys with this display prefix and return the oldest of them.
+
+        A prefix is 8 random characters, so two keys share one only by a rare accident; both
+        are then revoked rather than guessing which one the operator meant.
+        """
+        revoked_us, revoked_offset = split_datetime(now)
+
+        def run(connection: sqlite3.Connection) -> ApiKeyRecord:
+            rows = connection.execute(
+                _SELECT_KEYS + " WHERE prefix = ? AND revoked_us IS NULL ORDER BY created_us, seq",
+                (prefix,),
+            ).fetchall()
+            if not rows:
+                raise UnknownKeyError(f"no active key has the prefix {prefix!r}")
+            connection.execute(
+                "UPDATE api_keys SET revoked_us = ?, revoked_offset = ?"
+                " WHERE prefix = ? AND revoked_us IS NULL",
+                (revoked_us, revoked_offset, prefix),
+            )
+            return _api_key((*rows[0][:7], revoked_us, revoked_offset))
+
+        return await self._write(run)
+
+    # --- entries ------------------------------------------------------------------------------
+
+    async def add_backup(
+        self, account_id: str, entry: bmcore.BackupEntry, *, now: datetime
+    ) -> WriteResult:
+        """Store a backup, or recognise an idempotent repeat; ConflictError on a clash."""
+        # Everything that needs no database is done here, off the writer thread.
+        facts = backup_facts(entry)
+        received = split_datetime(now)
+
+        def run(connection: sqlite3.Connection) -> WriteResult:
+            _require_account(connection, account_id)
+            job = connection.execute(
+                "SELECT id, device_id FROM jobs WHERE account_id = ? AND digest = ?",
+                (account_id, facts.job_digest),
+            ).fetchone()
+            if job is not None:
+                existing = connection.execute(
+                    "SELECT id, content_hash, received_us, received_offset, device_id, job_id"
+                    " FROM backups WHERE job_id = ? AND ts_us = ?",
+                    (job[0], facts.ts_us),
+                ).fetchone()
+                if existing is not None:
+                    if existing[1] != facts.content_hash:
+                        raise ConflictError(existing[0])
+                    return _duplicate(existing)
+            device_id, device_created = _ensure_device(
+                connection, account_id, entry, facts, received
+            )
+            names = (entry.sender, entry.device_name, entry.job_name)
+            job_id, job_created = _ensure_job(
+                connection, (account_id, device_id), names, facts.job_digest, received
+            )
+            entry_id = new_id("bk")
+            connection.execute(
+                _INSERT_BACKUP,
+                (
+                    *(entry_id, account_id, device_id, job_id, facts.ts_us, facts.ts_offset),
+                    *(entry.sender, entry.device_name, entry.job_name, entry.status),
+                    *(entry.outcome.value, entry.message, facts.content_hash, *received),
+                ),
+            )
+            return WriteResult(
+                id=entry_id,
+                received_at=join_datetime(*received),
+                device_id=device_id,
+                device_created=device_created,
+                job_id=job_id,
+                job_created=job_created,
+                duplicate=False,
+            )
+
+        return await self._write(run)
+
+    async def add_notification(
+        self, account_id: str, notification: bmcore.Notification, *, now: datetime
+    ) -> WriteResult:
+        """Store a notification, or recognise an identical one as an idempotent repeat."""
+        facts = notification_facts(notification)
+        received = split_datetime(now)
+
+        def run(connection: sqlite3.Connection) -> WriteResult:
+            _require_account(connection, account_id)
+            existing = connection.execute(
+                "SELECT id, content_hash, received_us, received_offset, device_id, job_id"
+                " FROM notifications WHERE account_id = ? AND content_hash = ?",
+                (account_id, facts.content_hash),
+            ).fetchone()
+            if existing is not None:
+                return _duplicate(existing)
+            device_id, device_created = _ensure_device(
+                connection, account_id, notification, facts, received
+            )
+            job_id: str | None = None
+            job_created = False
+            if notification.job_name is not None and facts.job_digest is not None:
+                names = (notification.sender, notification.device_name, notification.job_name)
+                job_id, job_created = _ensure_job(
+                    connection, (account_id, device_id), names, facts.job_digest, received
+                )
+            entry_id = new_id("nt")
+            connection.execute(
+                _INSERT_NOTIFICATION,
+                (
+                    *(entry_id, account_id, device_id, job_id, facts.ts_us, facts.ts_offset),
+                    *(notification.sender, notification.device_name, notification.job_name),
+                    *(notification.severity.value, notification.type, notification.message),
+                    *(facts.content_hash, *received),
+                ),
+            )
+            return WriteResult(
+                id=entry_id,
+                received_at=join_datetime(*received),
+                device_id=device_id,
+                device_created=device_created,
+                job_id=job_id,
+                job_created=job_created,
+                duplicate=False,
+            )
+
+        return await self._write(run)
+
+    # --- read side ----------------------------------------------------------------------------
+
+    async def list_devices(
+        self, account_id: str, *, limit: int, cursor: str | None
+    ) -> Page[DeviceRecord]:
+        """Devices of one account, newest first."""
+        select = _Select(
+            "devices",
+            _SELECT_DEVICES,
+            account_id=account_id,
+            limit=limit,
+            cursor=cursor,
+            table="devices",
+            time_column="created_us",
+        )
+        return await self._read(lambda connection: select.page(connection, _device))
+
+    async def list_jobs(
+        self, account_id: str, *, device_name: str | None, limit: int, cursor: str | None
+    ) -> Page[JobRecord]:
+        """Jobs of one account with their latest backup, newest first."""
+        select = _Select(
+            "jobs",
+            _JOBS_WITH_LATEST,
+            account_id=account_id,
+            limit=limit,
+            cursor=cursor,
+            table="jobs",
+            time_column="created_us",
+        )
+        select.where("jobs.device_name", device_name)
+        return await self._read(lambda connection: select.page(connection, _job))
+
+    async def list_backups(
+        self, account_id: str, query: BackupQuery, *, limit: int, cursor: str | None
+    ) -> Page[StoredBackup]:
+        """Backups of one account, newest timestamp first."""
+        select = _Select(
+            "backups",
+            _SELECT_BACKUPS,
+            account_id=account_id,
+            limit=limit,
+            cursor=cursor,
+            table="backups",
+            time_column="ts_us",
+        )
+        select.window(TimeWindow.of(query.since, query.until))
+        select.where("device_name", query.device_name)
+        select.where("job_name", query.job_name)
+        select.where("sender", query.sender)
+        select.where("outcome", query.outcome)
+        select.where("status", query.status)
+        return await self._read(lambda connection: select.page(connection, _backup))
+
+    async def list_notifications(
+        self, account_id: str, query: NotificationQuery, *, limit: int, cursor: str | None
+    ) -> Page[StoredNotification]:
+        """Notifications of one account, newest timestamp first."""
+        select = _Select(
+            "notifications",
+            _SELECT_NOTIFICATIONS,
+            account_id=account_id,
+            limit=limit,
+            cursor=cursor,
+            table="notifications",
+            time_column="ts_us",
+        )
+        select.window(TimeWindow.of(query.since, query.until))
+        select.where("device_name", query.device_name)
+        select.where("job_name", query.job_name)
+        select.where("sender", query.sender)
+        select.where("severity", query.severity)
+        select.where("type", query.type)
+        return await self._read(lambda connection: select.page(connection, _notification))
+
+
+# --- the writer's helpers -------------------------------------------------------------------------
+
+
+def _settle(write: _Write, result: object, error: BaseException | None) -> None:
+    """Resolve a write's future on its own loop (futures are not thread-safe)."""
+    try:
+        write.loop.call_soon_threadsafe(_resolve, write.future, result, error)
+    except RuntimeError:  # that loop is closed: nobody is waiting for this answer any more
+        return
+
+
+def _resolve(future: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
+    if future.cancelled():  # the caller gave up; the write itself stands (or failed) anyway
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _drain(pending: queue.SimpleQueue[_Write | None]) -> list[_Write]:
+    writes: list[_Write] = []
+    while True:
+        try:
+            item = pending.get_nowait()
+        except queue.Empty:
+            return writes
+        if item is not None:
+            writes.append(item)
+
+
+def _use_wal(connection: sqlite3.Connection, path: str) -> None:
+    (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+    if str(mode).lower() != "wal":
+        msg = f"{path}: cannot use WAL mode here (the journal mode stays {mode!r})"
+        raise StoreError(msg)
+
+
+def _require_account(connection: sqlite3.Connection, account_id: str) -> None:
+    if connection.execute("SELECT 1 FROM accounts WHERE id = ?", (account_id,)).fetchone() is None:
+        raise StoreError(f"unknown account {account_id!r}")
+
+
+def _ensure_device(
+    connection: sqlite3.Connection,
+    account_id: str,
+    entry: bmcore.BackupEntry | bmcore.Notification,
+    facts: EntryFacts[str] | EntryFacts[str | None],
+    now: tuple[int, int],
+) -> tuple[str, bool]:
+    """The matched device's id and whether it was created; a new entry is a sign of life."""
+    row = connection.execute(
+        "SELECT id FROM devices WHERE account_id = ? AND digest = ?",
+        (account_id, facts.device_digest),
+    ).fetchone()
+    if row is None:
+        device_id = new_id("dev")
+        connection.execute(
+            "INSERT INTO devices (id, account_id, digest, sender, device_name,"
+            " created_us, created_offset, last_seen_us, last_seen_offset)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                device_id,
+                account_id,
+                facts.device_digest,
+                entry.sender,
+                entry.device_name,
+                *now,
+                *now,
+            ),
+        )
+        return device_id, True
+    # Never back in time when the clocks of several requests disagree.
+    connection.execute(
+        "UPDATE devices SET last_seen_us = ?, last_seen_offset = ?"
+        " WHERE id = ? AND last_seen_us < ?",
+        (*now, row[0], now[0]),
+    )
+    return str(row[0]), False
+
+
+def _ensure_job(
+    connection: sqlite3.Connection,
+    device: tuple[str, str],
+    names: tuple[str, str, str],
+    digest: str,
+    now: tuple[int, int],
+) -> tuple[str, bool]:
+    """The matched job's id and whether it was created, with the names this entry sent.
+
+    ``device`` is (account id, device id) of the device the job runs on.
+    """
+    account_id, device_id = device
+    row = connection.execute(
+        "SELECT id FROM jobs WHERE account_id = ? AND digest = ?", (account_id, digest)
+    ).fetchone()
+    if row is not None:
+        return str(row[0]), False
+    job_id = new_id("job")
+    connection.execute(
+        "INSERT INTO jobs (id, account_id, device_id, digest, sender, device_name, job_name,"
+        " created_us, created_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (job_id, account_id, device_id, digest, *names, *now),
+    )
+    return job_id, True
+
+
+def _duplicate(row: _Row) -> WriteResult:
+    """An idempotent repeat: the original's ids and receipt time, nothing created."""
+    entry_id, _, received_us, received_offset, device_id, job_id = row
+    return WriteResult(
+        id=entry_id,
+        received_at=join_datetime(received_us, received_offset),
+        device_id=device_id,
+        device_created=False,
+        job_id=job_id,
+        job_created=False,
+        duplicate=True,
+    )
+
+
+# --- the readers' helpers -------------------------------------------------------------------------
+
+
+class _Select:
+    """A listing query built from fixed fragments; every value is a bound parameter.
+
+    The sort key is (``time_column``, ``seq``) descending, which the table's indexes yield in
+    order; a cursor is a key, and the next page holds the rows strictly after it (keyset
+    pagination: no OFFSET, so a page costs the same however deep it is).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        select: str,
+        *,
+        account_id: str,
+        limit: int,
+        cursor: str | None,
+        table: str,
+        time_column: str,
+    ) -> None:
+        check_limit(limit)
+        after = None if cursor is None else decode_cursor(kind, cursor)
+        self._kind = kind
+        self._select = select
+        self._limit = limit
+        self._time = f"{table}.{time_column}"
+        self._seq = f"{table}.seq"
+        self._clauses = [f"{table}.account_id = ?"]
+        self._params: list[object] = [account_id]
+        if after is not None:
+            # A row value comparison, which SQLite turns into a range on the index.
+            self._clauses.append(f"({self._time}, {self._seq}) < (?, ?)")
+            self._params.extend(after)
+
+    def where(self, column: str, value: str | None) -> None:
+        """Keep the rows whose ``column`` equals ``value``, unless it is None."""
+        if value is not None:
+            self._clauses.append(f"{column} = ?")
+            self._params.append(value)
+
+    def window(self, window: TimeWindow) -> None:
+        """Keep the rows whose time lies in the window."""
+        if window.since_us is not None:
+            self._clauses.append(f"{self._time} >= ?")
+            self._params.append(window.since_us)
+        if window.until_us is not None:
+            self._clauses.append(f"{self._time} < ?")
+            self._params.append(window.until_us)
+
+    def page(
+        self, connection: sqlite3.Connection, convert: Callable[[_Row], tuple[R, tuple[int, int]]]
+    ) -> Page[R]:
+        """Run the query: one page of converted rows and the cursor of the next page."""
+        sql = (
+            f"{self._select} WHERE {' AND '.join(self._clauses)}"
+            f" ORDER BY {self._time} DESC, {self._seq} DESC LIMIT ?"
+        )
+        # One more row than asked tells whether there is a next page.
+        rows = connection.execute(sql, (*self._params, self._limit + 1)).fetchall()
+        converted = [convert(row) for row in rows[: self._limit]]
+        more = len(rows) > self._limit
+        return Page(
+            items=[item for item, _ in converted],
+            next_cursor=encode_cursor(self._kind, converted[-1][1]) if more else None,
+        )
+
+
+_SELECT_KEYS: Final = (
+    "SELECT id, account_id, key_hash, prefix, scopes, created_us, created_offset,"
+    " revoked_us, revoked_offset FROM api_keys"
+)
+_INSERT_KEY: Final = (
+    "INSERT INTO api_keys (id, account_id, key_hash, prefix, scopes, created_us, created_offset,"
+    " revoked_us, revoked_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT_DEVICES: Final = (
+    "SELECT id, account_id, sender, device_name, created_us, created_offset,"
+    " last_seen_us, last_seen_offset, seq FROM devices"
+)
+_INSERT_BACKUP: Final = (
+    "INSERT INTO backups (id, account_id, device_id, job_id, ts_us, ts_offset, sender,"
+    " device_name, job_name, status, outcome, message, content_hash, received_us,"
+    " received_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT_BACKUPS: Final = (
+    "SELECT id, account_id, device_id, job_id, ts_us, ts_offset, sender, device_name,"
+    " job_name, status, message, received_us, received_offset, seq FROM backups"
+)
+_INSERT_NOTIFICATION: Final = (
+    "INSERT INTO notifications (id, account_id, device_id, job_id, ts_us, ts_offset, sender,"
+    " device_name, job_name, severity, type, message, content_hash, received_us,"
+    " received_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT_NOTIFICATIONS: Final = (
+    "SELECT id, account_id, device_id, job_id, ts_us, ts_offset, sender, device_name,"
+    " job_name, severity, type, message, received_us, received_offset, seq FROM notifications"
+)
+# The latest backup of a job is found through UNIQUE (job_id, ts_us): one index probe per job.
+_JOBS_WITH_LATEST: Final = """
+    SELECT jobs.id, jobs.account_id, jobs.device_id, jobs.sender, jobs.device_name,
+           jobs.job_name, jobs.created_us, jobs.created_offset, jobs.seq,
+           latest.id, latest.ts_us, latest.ts_offset, latest.status, latest.outcome
+    FROM jobs
+    LEFT JOIN backups AS latest ON latest.seq = (
+        SELECT seq FROM backups WHERE job_id = jobs.id ORDER BY ts_us DESC LIMIT 1
+    )
+"""
+
+
+def _account(row: _Row) -> Account:
+    account_id, name, created_us, created_offset = row
+    return Account(id=account_id, name=name, created_at=join_datetime(created_us, created_offset))
+
+
+def _api_key(row: _Row) -> ApiKeyRecord:
+    key_id, account_id, key_hash, prefix, scopes, created_us, created_offset = row[:7]
+    revoked_us, revoked_offset = row[7:]
+    return ApiKeyRecord(
+        id=key_id,
+        account_id=account_id,
+        key_hash=key_hash,
+        prefix=prefix,
+        scopes=frozenset(Scope(value) for value in str(scopes).split()),
+        created_at=join_datetime(created_us, created_offset),
+        revoked_at=None if revoked_us is None else join_datetime(revoked_us, revoked_offset),
+    )
+
+
+def _device(row: _Row) -> tuple[DeviceRecord, tuple[int, int]]:
+    device_id, account_id, sender, device_name, created_us, created_offset = row[:6]
+    last_seen_us, last_seen_offset, seq = row[6:]
+    record = DeviceRecord(
+        id=device_id,
+        account_id=account_id,
+        sender=sender,
+        device_name=device_name,
+        created_at=join_datetime(created_us, created_offset),
+        last_seen_at=join_datetime(last_seen_us, last_seen_offset),
+    )
+    return record, (created_us, seq)
+
+
+def _job(row: _Row) -> tuple[JobRecord, tuple[int, int]]:
+    job_id, account_id, device_id, sender, device_name, job_name = row[:6]
+    created_us, created_offset, seq = row[6:9]
+    latest_id, latest_us, latest_offset, latest_status, latest_outcome = row[9:]
+    record = JobRecord(
+        id=job_id,
+        account_id=account_id,
+        device_id=device_id,
+        sender=sender,
+        device_name=device_name,
+        job_name=job_name,
+        created_at=join_datetime(created_us, created_offset),
+        latest_backup_id=latest_id,
+        latest_timestamp=None if latest_us is None else join_datetime(latest_us, latest_offset),
+        latest_status=latest_status,
+        latest_outcome=latest_outcome,
+    )
+    return record, (created_us, seq)
+
+
+def _backup(row: _Row) -> tuple[StoredBackup, tuple[int, int]]:
+    entry_id, account_id, device_id, job_id, ts_us, ts_offset = row[:6]
+    sender, device_name, job_name, status, message = row[6:11]
+    received_us, received_offset, seq = row[11:]
+    entry = bmcore.BackupEntry(
+        device_name=device_name,
+        job_name=job_name,
+        timestamp=join_datetime(ts_us, ts_offset),
+        status=status,
+        message=message,
+        sender=sender,
+    )
+    record = StoredBackup(
+        id=entry_id,
+        account_id=account_id,
+        device_id=device_id,
+        job_id=job_id,
+        entry=entry,
+        received_at=join_datetime(received_us, received_offset),
+    )
+    return record, (ts_us, seq)
+
+
+def _notification(row: _Row) -> tuple[StoredNotification, tuple[int, int]]:
+    entry_id, account_id, device_id, job_id, ts_us, ts_offset = row[:6]
+    sender, device_name, job_name, severity, event_type, message = row[6:12]
+    received_us, received_offset, seq = row[12:]
+    notification = bmcore.Notification(
+        device_name=device_name,
+        timestamp=join_datetime(ts_us, ts_offset),
+        severity=bmcore.Severity(severity),
+        type=event_type,
+        job_name=job_name,
+        message=message,
+        sender=sender,
+    )
+    record = StoredNotification(
+        id=entry_id,
+        account_id=account_id,
+        device_id=device_id,
+        job_id=job_id,
+        notification=notification,
+        received_at=join_datetime(received_us, received_offset),
+    )
+    return record, (ts_us, seq)
