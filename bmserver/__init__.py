@@ -1,6 +1,83 @@
-"""bmserver: the BackupMonitor ingest service over HTTP (a thin Starlette adapter on bmcore).
+"""bmserver: the BackupMonitor ingest service over HTTP, a thin Starlette adapter on bmcore.
 
-Not built yet: see the issue "bmserver: the ingest service over HTTP, on embedded SQLite".
+Build an app with everything it needs passed in::
+
+    from bmserver import MemoryLimiter, Settings, SqliteStore, SystemClock, create_app
+
+    settings = Settings()
+    app = create_app(
+        settings,
+        store=SqliteStore("bm-ingest.sqlite3"),
+        limiter=MemoryLimiter(settings.rate_policy),
+        clock=SystemClock(),
+    )
+
+or run ``bmserver serve`` (see ``bmserver --help``).
 """
 
-__all__: list[str] = []
+from bmserver._app import create_app, rate_limit_headers
+from bmserver._clock import Clock, ManualClock, SystemClock
+from bmserver._keys import issue_api_key
+from bmserver._limiter import Limiter, MemoryLimiter
+from bmserver._memory import MemoryStore
+from bmserver._problems import PROBLEM_CONTENT_TYPE, ProblemError
+from bmserver._settings import (
+    DEFAULT_AUTH_FAILURE_POLICY,
+    DEFAULT_RATE_POLICY,
+    MAX_BODY_BYTES,
+    Settings,
+)
+from bmserver._sqlite import SqliteStore
+from bmserver._store import (
+    Account,
+    ApiKeyRecord,
+    BackupQuery,
+    ConflictError,
+    DeviceRecord,
+    InvalidCursorError,
+    JobRecord,
+    NotificationQuery,
+    Page,
+    Scope,
+    Store,
+    StoredBackup,
+    StoredNotification,
+    StoreError,
+    UnknownKeyError,
+    WriteResult,
+)
+
+__all__ = [
+    "DEFAULT_AUTH_FAILURE_POLICY",
+    "DEFAULT_RATE_POLICY",
+    "MAX_BODY_BYTES",
+    "PROBLEM_CONTENT_TYPE",
+    "Account",
+    "ApiKeyRecord",
+    "BackupQuery",
+    "Clock",
+    "ConflictError",
+    "DeviceRecord",
+    "InvalidCursorError",
+    "JobRecord",
+    "Limiter",
+    "ManualClock",
+    "MemoryLimiter",
+    "MemoryStore",
+    "NotificationQuery",
+    "Page",
+    "ProblemError",
+    "Scope",
+    "Settings",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "StoredBackup",
+    "StoredNotification",
+    "SystemClock",
+    "UnknownKeyError",
+    "WriteResult",
+    "create_app",
+    "issue_api_key",
+    "rate_limit_headers",
+]

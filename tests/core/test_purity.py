@@ -46,7 +46,7 @@ def _clean_environment() -> dict[str, str]:
 
 def test_import_bmcore_pulls_in_no_framework_driver_or_network_module() -> None:
     """`import bmcore` in a fresh interpreter loads no web, test, database or network module."""
-    result = subprocess.run(  # noqa: S603 - this very interpreter, with a fixed script
+    result = subprocess.run(
         [sys.executable, "-I", "-c", PROBE],
         capture_output=True,
         text=True,

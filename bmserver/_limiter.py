@@ -1,0 +1,46 @@
+"""Rate-limit backends: bmcore's limiter in memory (one process), Redis later (many)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from bmcore import Decision, KeyedLimiter, RatePolicy
+
+__all__ = ["Limiter", "MemoryLimiter"]
+
+
+class Limiter(Protocol):
+    """Decides requests per key under one policy."""
+
+    @property
+    def policy(self) -> RatePolicy:
+        """The policy every key is limited by (shown in the RateLimit-Policy header)."""
+        ...
+
+    async def decide(self, key: str, now_ns: int, cost: int = 1) -> Decision:
+        """Decide one request of ``cost`` tokens for ``key`` at monotonic time ``now_ns``."""
+        ...
+
+    def reset(self) -> None:
+        """Forget every key's state."""
+        ...
+
+
+class MemoryLimiter:
+    """bmcore's KeyedLimiter behind the async Limiter interface, in this process's memory."""
+
+    def __init__(self, policy: RatePolicy, *, max_keys: int = 100_000) -> None:
+        self._limiter: KeyedLimiter[str] = KeyedLimiter(policy, max_keys=max_keys)
+
+    @property
+    def policy(self) -> RatePolicy:
+        """The policy every key is limited by."""
+        return self._limiter.policy
+
+    async def decide(self, key: str, now_ns: int, cost: int = 1) -> Decision:
+        """Decide at once: the state is in memory."""
+        return self._limiter.decide(key, now_ns, cost)
+
+    def reset(self) -> None:
+        """Forget every key's state."""
+        self._limiter.clear()

@@ -1,0 +1,236 @@
+"""The OpenAPI 3.1 document served at /openapi.json, built from bmcore's limits."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import bmcore
+from bmserver._settings import Settings
+
+__all__ = ["openapi_document"]
+
+_NAME: Final = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": bmcore.MAX_NAME_LENGTH,
+    "description": "Not blank, no control characters.",
+}
+_TIMESTAMP: Final = {
+    "type": "string",
+    "description": "ISO 8601 with a UTC offset, e.g. 2024-06-04T14:00:00+02:00 or "
+    "2024-06-04T12:00:00Z. At most 24 h ahead of the server (5 min gives warning clock_skew), "
+    "not before 2000-01-01.",
+    "examples": ["2024-06-04T14:00:00+02:00"],
+}
+_SENDER: Final = {
+    **_NAME,
+    "default": bmcore.DEFAULT_SENDER,
+    "description": "Source identifier; with deviceName (and jobName) it decides which device and "
+    "job the entry is matched to. null means absent.",
+}
+_MESSAGE: Final = {
+    "type": "string",
+    "description": f"Longer than {bmcore.MAX_MESSAGE_LENGTH} characters is truncated (warning "
+    "message_truncated). No NUL characters.",
+}
+
+_BACKUP: Final = {
+    "type": "object",
+    "required": ["deviceName", "jobName", "timestamp", "status", "message"],
+    "properties": {
+        "deviceName": _NAME,
+        "jobName": _NAME,
+        "timestamp": _TIMESTAMP,
+        "status": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": bmcore.MAX_STATUS_LENGTH,
+            "description": "Stored as sent. Success, Warning or Error (any case) give the outcome; "
+            "anything else is outcome Unknown with warning unknown_status.",
+            "examples": ["Success", "Warning", "Error"],
+        },
+        "message": _MESSAGE,
+        "sender": _SENDER,
+    },
+    "additionalProperties": True,
+}
+_NOTIFICATION: Final = {
+    "type": "object",
+    "required": ["deviceName", "timestamp", "severity", "type"],
+    "properties": {
+        "deviceName": _NAME,
+        "timestamp": _TIMESTAMP,
+        "severity": {
+            "type": "string",
+            "enum": [severity.value for severity in bmcore.Severity],
+            "description": "Any case; stored lowercase.",
+        },
+        "type": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": bmcore.MAX_TYPE_LENGTH,
+            "pattern": r"^\S+$",
+            "examples": ["disk_space_low", "ssl_expiry"],
+        },
+        "jobName": {**_NAME, "type": ["string", "null"]},
+        "message": {**_MESSAGE, "type": ["string", "null"]},
+        "sender": {**_SENDER, "type": ["string", "null"]},
+    },
+    "additionalProperties": True,
+}
+_PROBLEM: Final = {
+    "type": "object",
+    "description": "RFC 9457 problem details.",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "code", "message"],
+                "properties": {
+                    "field": {"type": "string", "description": "JSON pointer"},
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+_ACCEPTED: Final = {
+    "type": "object",
+    "required": ["id", "kind", "receivedAt", "duplicate", "device", "warnings", "ignoredFields"],
+    "properties": {
+        "id": {"type": "string"},
+        "kind": {"type": "string", "enum": ["backup", "notification"]},
+        "receivedAt": {"type": "string"},
+        "duplicate": {"type": "boolean"},
+        "device": {"$ref": "#/components/schemas/Matched"},
+        "job": {"$ref": "#/components/schemas/Matched"},
+        "outcome": {"type": "string", "enum": [outcome.value for outcome in bmcore.Outcome]},
+        "warnings": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string"},
+                },
+            },
+        },
+        "ignoredFields": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+
+def _problem(description: str, *, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _ingest(summary: str, schema: str, settings: Settings) -> dict[str, Any]:
+    accepted = {"schema": {"$ref": "#/components/schemas/Accepted"}}
+    rate = {
+        "RateLimit-Policy": {"schema": {"type": "string"}},
+        "RateLimit": {"schema": {"type": "string"}},
+    }
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{"apiKey": []}],
+            "requestBody": {
+                "required": True,
+                "description": f"At most {settings.max_body_bytes} bytes, also after "
+                "Content-Encoding: gzip.",
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}
+                },
+            },
+            "responses": {
+                "201": {
+                    "description": "Stored.",
+                    "headers": {"Location": {"schema": {"type": "string"}}, **rate},
+                    "content": {"application/json": accepted},
+                },
+                "200": {
+                    "description": "An idempotent repeat: nothing new stored.",
+                    "content": {"application/json": accepted},
+                },
+                "400": _problem("Invalid JSON or fields; errors lists every field error."),
+                "401": _problem("Missing or invalid API key."),
+                "403": _problem("The key lacks the ingest scope."),
+                "409": _problem("The same job and timestamp hold different content."),
+                "413": _problem("The body is too large."),
+                "415": _problem("The body is not JSON, or its encoding is not supported."),
+                "429": _problem(
+                    "Rate limited.",
+                    headers={"Retry-After": {"schema": {"type": "integer"}}, **rate},
+                ),
+            },
+        }
+    }
+
+
+def _listing(summary: str, parameters: list[str]) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "security": [{"apiKey": []}],
+            "parameters": [
+                {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                for name in ["limit", "cursor", *parameters]
+            ],
+            "responses": {
+                "200": {"description": "A page, newest first: {items, nextCursor}."},
+                "400": _problem("Invalid query parameters."),
+                "401": _problem("Missing or invalid API key."),
+                "403": _problem("The key lacks the read scope."),
+            },
+        }
+    }
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of this server."""
+    filters = ["deviceName", "jobName", "sender", "since", "until"]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "BackupMonitor Custom Ingest API (bm-ingest)", "version": "1"},
+        "paths": {
+            "/api/ingest/backup": _ingest("Post a backup entry", "BackupEntry", settings),
+            "/api/ingest/notification": _ingest("Post a notification", "Notification", settings),
+            "/api/devices": _listing("List devices", []),
+            "/api/jobs": _listing("List jobs with their latest entry", ["deviceName"]),
+            "/api/backups": _listing("List backups", [*filters, "outcome", "status"]),
+            "/api/notifications": _listing("List notifications", [*filters, "severity", "type"]),
+            "/healthz": {"get": {"summary": "Health", "responses": {"200": {"description": "OK"}}}},
+        },
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"}},
+            "schemas": {
+                "BackupEntry": _BACKUP,
+                "Notification": _NOTIFICATION,
+                "Problem": _PROBLEM,
+                "Accepted": _ACCEPTED,
+                "Matched": {
+                    "type": "object",
+                    "required": ["id", "created"],
+                    "properties": {"id": {"type": "string"}, "created": {"type": "boolean"}},
+                },
+            },
+        },
+    }

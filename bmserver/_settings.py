@@ -1,0 +1,32 @@
+"""The server's settings: limits and policies, with the defaults the issue fixes."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import attrs
+
+from bmcore import RatePolicy
+
+__all__ = ["DEFAULT_AUTH_FAILURE_POLICY", "DEFAULT_RATE_POLICY", "MAX_BODY_BYTES", "Settings"]
+
+#: A request body larger than this is refused (413), before and after gzip decompression.
+MAX_BODY_BYTES: Final = 64 * 1024
+#: Per key: a burst of 60 refilling at 1 per second.
+DEFAULT_RATE_POLICY: Final = RatePolicy.per_second(1, burst=60)
+#: Per client address, for failed authentications: 10 tries, then one more every 6 seconds.
+DEFAULT_AUTH_FAILURE_POLICY: Final = RatePolicy.per_second(1 / 6, burst=10)
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """What an app is configured with; everything else (store, limiter, clock) is passed in."""
+
+    max_body_bytes: int = MAX_BODY_BYTES
+    rate_policy: RatePolicy = DEFAULT_RATE_POLICY
+    auth_failure_policy: RatePolicy = DEFAULT_AUTH_FAILURE_POLICY
+    #: HMAC secret for key hashes; None stores plain SHA-256 hashes.
+    key_secret: bytes | None = attrs.field(default=None, repr=False)
+    #: Default and largest page size of the read side.
+    default_page_size: int = 100
+    max_page_size: int = 1000

@@ -1,0 +1,206 @@
+"""The bmserver command: serve on SQLite over a real socket, and manage keys."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+import bmcore
+from bmserver import BackupQuery, SqliteStore
+
+
+def bmserver(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run one bmserver command to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "bmserver", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (serve needs a number to print its curl example)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def post(url: str, key: str, payload: dict[str, str]) -> tuple[int, dict[str, object]]:
+    """POST JSON with a key; returns the status and the parsed body."""
+    request = urllib.request.Request(  # noqa: S310 - a loopback http URL built by the test
+        url,
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json", "X-Api-Key": key},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen[str]) -> None:
+    """Poll /healthz until the server answers (bounded)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)  # readiness polling, not a timing assumption
+    pytest.fail("bmserver serve did not become healthy within 30 s")
+
+
+def payload() -> dict[str, str]:
+    """A valid backup dated now."""
+    return {
+        "deviceName": "srv01",
+        "jobName": "Nightly",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "status": "Success",
+        "message": "ok",
+    }
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str], Path]]:
+    """`bmserver serve` on an empty SQLite file: its URL, first key, process and database."""
+    database = tmp_path / "ingest.sqlite3"
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bmserver", "serve", "--port", str(port), "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "BM_DATABASE": str(database)},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(url, process)
+        assert process.stdout is not None
+        banner = [process.stdout.readline() for _ in range(5)]
+        key = banner[3].strip()
+        assert key.startswith("bm_"), banner
+        yield url, key, process, database
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_serve_creates_a_first_key_and_accepts_entries(
+    served: tuple[str, str, subprocess.Popen[str], Path],
+) -> None:
+    """On an empty database serve prints a key once; that key can post a backup."""
+    url, key, _, database = served
+    status, body = post(f"{url}/api/ingest/backup", key, payload())
+    assert status == 201, body
+    assert database.exists()
+    assert key.encode() not in database.read_bytes()  # stored only as a hash
+
+
+def test_serve_stops_gracefully_and_keeps_what_it_acknowledged(
+    served: tuple[str, str, subprocess.Popen[str], Path],
+) -> None:
+    """SIGTERM ends serve after its shutdown; the file still holds the acknowledged entry."""
+    url, key, process, database = served
+    status, body = post(f"{url}/api/ingest/backup", key, payload())
+    assert status == 201
+    process.send_signal(signal.SIGTERM)
+    # uvicorn finishes its graceful shutdown, then re-raises the signal it caught.
+    assert process.wait(timeout=30) in {0, -signal.SIGTERM}
+    assert process.stderr is not None
+    assert "Traceback" not in process.stderr.read()
+
+    async def stored_ids() -> list[str]:
+        store = SqliteStore(database)
+        await store.open()
+        try:
+            record = await store.find_api_key(bmcore.hash_api_key(key))
+            assert record is not None
+            page = await store.list_backups(record.account_id, BackupQuery(), limit=10, cursor=None)
+            return [item.id for item in page.items]
+        finally:
+            await store.close()
+
+    assert asyncio.run(stored_ids()) == [body["id"]]
+
+
+def test_serve_prints_a_curl_example_with_the_real_url(
+    served: tuple[str, str, subprocess.Popen[str], Path],
+) -> None:
+    """The first-start banner holds a ready-to-paste curl command for this server."""
+    url, _, process, _ = served
+    assert process.stdout is not None
+    rest = ""
+    for _ in range(4):
+        rest += process.stdout.readline()
+    assert f'curl -i -X POST "{url}/api/ingest/backup"' in rest
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    """Keys create prints a key once; list shows prefixes only; revoke marks it revoked."""
+    database = str(tmp_path / "keys.sqlite3")
+    created = bmserver(
+        "keys", "create", "--account", "acme", "--scope", "read", "--database", database
+    )
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("bm_")
+    listed = bmserver("keys", "list", "--database", database)
+    assert key[:11] in listed.stdout
+    assert key not in listed.stdout
+    assert "read" in listed.stdout
+    assert "active" in listed.stdout
+    revoked = bmserver("keys", "revoke", key[:11], "--database", database)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "revoked" in bmserver("keys", "list", "--database", database).stdout
+    again = bmserver("keys", "revoke", key[:11], "--database", database)
+    assert again.returncode == 1
+    assert "no active key" in again.stderr
+
+
+def test_flags_read_environment_variables(tmp_path: Path) -> None:
+    """BM_DATABASE stands in for --database."""
+    database = tmp_path / "env.sqlite3"
+    created = bmserver("keys", "create", "--account", "acme", env={"BM_DATABASE": str(database)})
+    assert created.returncode == 0, created.stderr
+    assert database.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--rate", "fast"], "invalid rate"),
+        (["serve", "--port", "99999"], "invalid port"),
+        (["serve", "--burst", "0"], "at least 1"),
+        (["keys", "create"], "--account"),
+    ],
+)
+def test_bad_flags_are_refused_with_a_clear_message(args: list[str], message: str) -> None:
+    """A bad value exits with status 2 and says what is expected."""
+    result = bmserver(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
