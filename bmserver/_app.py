@@ -79,6 +79,8 @@ def create_app(settings: Settings, *, store: Store, limiter: Limiter, clock: Clo
         Route("/api/jobs", reads.jobs, methods=["GET"]),
         Route("/api/backups", reads.backups, methods=["GET"]),
         Route("/api/notifications", reads.notifications, methods=["GET"]),
+        Route("/api/backups/{entry_id}", reads.backup, methods=["GET"]),
+        Route("/api/notifications/{entry_id}", reads.notification, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]

@@ -562,6 +562,20 @@ class MemoryStore:
         ]
         return _page(rows, "jobs", limit, after)
 
+    async def get_backup(self, account_id: str, entry_id: str) -> StoredBackup | None:
+        """One backup of the account by id, or None."""
+        with self._lock:
+            found = [row.record for row in self._backups.values() if row.record.id == entry_id]
+        return next((item for item in found if item.account_id == account_id), None)
+
+    async def get_notification(self, account_id: str, entry_id: str) -> StoredNotification | None:
+        """One notification of the account by id, or None."""
+        with self._lock:
+            found = [
+                row.record for row in self._notifications.values() if row.record.id == entry_id
+            ]
+        return next((item for item in found if item.account_id == account_id), None)
+
     async def list_backups(
         self, account_id: str, query: BackupQuery, *, limit: int, cursor: str | None
     ) -> Page[StoredBackup]:

@@ -91,6 +91,24 @@ class ReadSide:
         )
         return _page_response(page, _backup_json)
 
+    async def backup(self, request: Request) -> Response:
+        """GET /api/backups/{id}: the entry a 201's Location names."""
+        key = await self.authenticate(request, Scope.READ)
+        entry_id = str(request.path_params["entry_id"])
+        found = await self.store.get_backup(key.account_id, entry_id)
+        if found is None:
+            raise _no_entry("backup", entry_id)
+        return JSONResponse(_backup_json(found))
+
+    async def notification(self, request: Request) -> Response:
+        """GET /api/notifications/{id}."""
+        key = await self.authenticate(request, Scope.READ)
+        entry_id = str(request.path_params["entry_id"])
+        found = await self.store.get_notification(key.account_id, entry_id)
+        if found is None:
+            raise _no_entry("notification", entry_id)
+        return JSONResponse(_notification_json(found))
+
     async def notifications(self, request: Request) -> Response:
         """GET /api/notifications, newest first, with filters."""
         key = await self.authenticate(request, Scope.READ)
@@ -115,6 +133,11 @@ class ReadSide:
             self.store.list_notifications(key.account_id, query, limit=limit, cursor=cursor)
         )
         return _page_response(page, _notification_json)
+
+
+def _no_entry(kind: str, entry_id: str) -> ProblemError:
+    # Another account's entry is "not found" too: its existence is not revealed.
+    return ProblemError(404, "not_found", f"this account has no {kind} with id {entry_id!r}")
 
 
 async def _paged(listing: Awaitable[Page[T]]) -> Page[T]:

@@ -574,6 +574,36 @@ class SqliteStore:
         select.where("jobs.device_name", device_name)
         return await self._read(lambda connection: select.page(connection, _job))
 
+    async def get_backup(self, account_id: str, entry_id: str) -> StoredBackup | None:
+        """One backup of the account by id, or None."""
+        select = _Select(
+            "backups",
+            _SELECT_BACKUPS,
+            account_id=account_id,
+            limit=1,
+            cursor=None,
+            table="backups",
+            time_column="ts_us",
+        )
+        select.where("id", entry_id)
+        page = await self._read(lambda connection: select.page(connection, _backup))
+        return page.items[0] if page.items else None
+
+    async def get_notification(self, account_id: str, entry_id: str) -> StoredNotification | None:
+        """One notification of the account by id, or None."""
+        select = _Select(
+            "notifications",
+            _SELECT_NOTIFICATIONS,
+            account_id=account_id,
+            limit=1,
+            cursor=None,
+            table="notifications",
+            time_column="ts_us",
+        )
+        select.where("id", entry_id)
+        page = await self._read(lambda connection: select.page(connection, _notification))
+        return page.items[0] if page.items else None
+
     async def list_backups(
         self, account_id: str, query: BackupQuery, *, limit: int, cursor: str | None
     ) -> Page[StoredBackup]:

@@ -262,6 +262,14 @@ class Store(Protocol):
 
     # --- read side ------------------------------------------------------------------------
 
+    async def get_backup(self, account_id: str, entry_id: str) -> StoredBackup | None:
+        """One backup of the account by id (what a 201's Location names), or None."""
+        ...
+
+    async def get_notification(self, account_id: str, entry_id: str) -> StoredNotification | None:
+        """One notification of the account by id, or None."""
+        ...
+
     async def list_devices(
         self, account_id: str, *, limit: int, cursor: str | None
     ) -> Page[DeviceRecord]:

@@ -124,3 +124,18 @@ def test_foreign_cursor_is_400(client: Client) -> None:
 def test_reading_needs_a_key(client: Client) -> None:
     """The read side is not public."""
     assert_problem(client.get("/api/backups", key=None), 401, "missing_api_key")
+
+
+def test_location_of_a_created_entry_can_be_read(running: RunningServer) -> None:
+    """The Location of a 201 answers GET with that entry; other accounts get 404."""
+    client = running.client
+    for path, payload in ((BACKUP, backup()), (NOTIFICATION, notification())):
+        created = client.post(path, payload)
+        location = created.headers["location"]
+        reply = client.get(location)
+        assert reply.status == 200, reply.body
+        assert reply.json["id"] == created.json["id"]
+        assert reply.json["deviceName"] == "srv01"
+        stranger = running.new_key("stranger")
+        assert_problem(client.get(location, key=stranger), 404, "not_found")
+    assert_problem(client.get("/api/backups/bk_nope"), 404, "not_found")

@@ -1074,3 +1074,21 @@ def test_memory_store_is_thread_safe() -> None:
     assert sum(result.device_created for result in [*first, *second]) == 3
     assert sum(result.job_created for result in [*first, *second]) == 7 * 3
     assert len(asyncio.run(backups_of(store, owner.id))) == _THREADED_WRITES
+
+
+@run_async
+async def test_get_entry_by_id_within_its_account(store: Store, account: Account) -> None:
+    """get_backup/get_notification find an entry by id, only in its own account."""
+    other = await store.create_account("other", now=NOW)
+    stored = await store.add_backup(account.id, backup(), now=NOW)
+    noted = await store.add_notification(account.id, notification(), now=NOW)
+    found = await store.get_backup(account.id, stored.id)
+    assert found is not None
+    assert (found.id, found.entry) == (stored.id, backup())
+    seen = await store.get_notification(account.id, noted.id)
+    assert seen is not None
+    assert seen.notification == notification()
+    assert await store.get_backup(other.id, stored.id) is None
+    assert await store.get_notification(other.id, noted.id) is None
+    assert await store.get_backup(account.id, noted.id) is None
+    assert await store.get_notification(account.id, "nt_unknown") is None
