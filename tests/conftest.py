@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import hypothesis
 import pytest
 from _harness import START, Client, RunningServer, loop_of, serve, stop
 
-from bmserver import ManualClock, MemoryLimiter, MemoryStore, Settings, Store, create_app
+from bmserver import (
+    ManualClock,
+    MemoryLimiter,
+    MemoryStore,
+    Settings,
+    SqliteStore,
+    Store,
+    create_app,
+)
 
 # A quick default for the edit-test loop, and a thorough profile that CI selects with
 # HYPOTHESIS_PROFILE=ci. No deadline: these machines are shared and noisy, and timing is the
@@ -35,9 +44,11 @@ def settings() -> Settings:
     return Settings()
 
 
-@pytest.fixture
-def store() -> Store:
-    """The store the server uses; an in-memory one unless a test module overrides this."""
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """The store the server uses: every server test runs on both (the app opens and closes it)."""
+    if request.param == "sqlite":
+        return SqliteStore(tmp_path / "ingest.sqlite3")
     return MemoryStore()
 
 
