@@ -16,7 +16,7 @@ import bmcore
 from bmserver._settings import DEFAULT_RATE_POLICY, Settings
 from bmserver._store import Scope, Store, UnknownKeyError
 
-__all__ = ["main"]
+__all__ = ["ensure_first_key", "main"]
 
 DEFAULT_DATABASE: Final = "bm-ingest.sqlite3"
 _RATE: Final = re.compile(
@@ -186,7 +186,7 @@ async def _revoke_key(store: Store, prefix: str) -> int:
     return 0
 
 
-async def _first_key(path: str) -> str | None:
+async def ensure_first_key(path: str) -> str | None:
     """On an empty database: create an account and a first key, and return the key."""
     from bmserver._keys import issue_api_key  # noqa: PLC0415 - keep --help fast
 
@@ -215,7 +215,7 @@ def _serve(args: argparse.Namespace) -> int:
     from bmserver._limiter import MemoryLimiter  # noqa: PLC0415
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    key = asyncio.run(_first_key(args.database))
+    key = asyncio.run(ensure_first_key(args.database))
     url = f"http://{_url_host(args.host)}:{args.port}"
     if key is not None:
         print(_welcome(key, url), flush=True)

@@ -110,7 +110,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str], Pa
                 stream.close()
 
 
-def test_serve_creates_a_first_key_and_accepts_entries(
+def test_serve_creates_aensure_first_key_and_accepts_entries(
     served: tuple[str, str, subprocess.Popen[str], Path],
 ) -> None:
     """On an empty database serve prints a key once; that key can post a backup."""
@@ -204,3 +204,17 @@ def test_bad_flags_are_refused_with_a_clear_message(args: list[str], message: st
     result = bmserver(*args)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def testensure_first_key_is_made_only_on_an_empty_database(tmp_path: Path) -> None:
+    """The serve command creates account and key once; a restart on the same file creates none."""
+    from bmserver._cli import ensure_first_key  # noqa: PLC0415 - the step serve runs before listening
+
+    database = str(tmp_path / "once.sqlite3")
+    first = asyncio.run(ensure_first_key(database))
+    assert first is not None
+    assert first.startswith("bm_")
+    assert asyncio.run(ensure_first_key(database)) is None
+    listed = bmserver("keys", "list", "--database", database).stdout
+    assert listed.count("active") == 1
+    assert "ingest,read" in listed
