@@ -1,7 +1,39 @@
-"""pytest_bm: the ``bm_fake_ingest`` pytest fixture, a real loopback ingest endpoint.
+"""pytest_bm: ``bm_fake_ingest``, a real loopback BackupMonitor ingest endpoint for tests.
 
-Not built yet: the plugin module is registered under the ``pytest11`` entry point and provides
-no fixtures until the issue "pytest_bm: the bm_fake_ingest fixture" is done.
+The fixture comes with the ``pytest11`` entry point: install bm-ingest and use it. Outside
+pytest::
+
+    from pytest_bm import FakeIngest
+
+    with FakeIngest.running() as fake:
+        subprocess.run(["./backup.sh"], env={**os.environ, **fake.env}, check=True)
+        fake.assert_backup(job_name="Nightly Full Backup", status="Success")
+
+Names are imported lazily, so that loading the pytest plugin stays cheap.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_bm._fake import FakeIngest
+    from pytest_bm._records import ReceivedBackup, ReceivedNotification, RecordedRequest
+
+__all__ = ["FakeIngest", "ReceivedBackup", "ReceivedNotification", "RecordedRequest"]
+
+_WHERE = {
+    "FakeIngest": "pytest_bm._fake",
+    "ReceivedBackup": "pytest_bm._records",
+    "ReceivedNotification": "pytest_bm._records",
+    "RecordedRequest": "pytest_bm._records",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        msg = f"module 'pytest_bm' has no attribute {name!r}"
+        raise AttributeError(msg)
+    return getattr(importlib.import_module(module), name)

@@ -24,6 +24,8 @@ from bmserver import (
     create_app,
 )
 
+pytest_plugins = ["pytester"]
+
 # A quick default for the edit-test loop, and a thorough profile that CI selects with
 # HYPOTHESIS_PROFILE=ci. No deadline: these machines are shared and noisy, and timing is the
 # benchmarks' job, never a unit test's.
