@@ -101,10 +101,13 @@ class RunningServer:
     client: Client
     store: Store
     clock: ManualClock
-    loop: asyncio.AbstractEventLoop
+    #: The server's event loop, where its store lives; None for a store usable from any loop.
+    loop: asyncio.AbstractEventLoop | None
 
     def call(self, coroutine: Any) -> Any:
-        """Run a coroutine on the server's own event loop (where its store lives)."""
+        """Run a store coroutine where the store lives."""
+        if self.loop is None:
+            return asyncio.run(coroutine)
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=10)
 
     def new_key(self, account: str = "acme", scopes: set[Scope] | None = None) -> str:

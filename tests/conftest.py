@@ -23,6 +23,7 @@ from bmserver import (
     Store,
     create_app,
 )
+from pytest_bm import FakeIngest
 
 pytest_plugins = ["pytester"]
 
@@ -46,12 +47,25 @@ def settings() -> Settings:
     return Settings()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """The store the server uses: every server test runs on both (the app opens and closes it)."""
-    if request.param == "sqlite":
+@pytest.fixture(params=["memory", "sqlite", "fake"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """What serves the contract: bmserver on a MemoryStore, on SQLite, or pytest_bm's fake."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store(backend: str, tmp_path: Path) -> Store:
+    """The store bmserver uses (the app opens and closes it); the fake brings its own."""
+    if backend == "sqlite":
         return SqliteStore(tmp_path / "ingest.sqlite3")
     return MemoryStore()
+
+
+@pytest.fixture(scope="session")
+def session_fake() -> Iterator[FakeIngest]:
+    """One FakeIngest for every contract test that runs against the fake."""
+    with FakeIngest.running() as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -61,8 +75,27 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def running(settings: Settings, store: Store, clock: ManualClock) -> Iterator[RunningServer]:
-    """A real server over a real socket, with a key that may ingest and read."""
+def running(
+    request: pytest.FixtureRequest,
+    backend: str,
+    settings: Settings,
+    store: Store,
+    clock: ManualClock,
+) -> Iterator[RunningServer]:
+    """A real server over a real socket, with a key that may ingest and read.
+
+    The same tests run against bmserver and against the fake: fidelity, proven.
+    """
+    if backend == "fake":
+        fake: FakeIngest = request.getfixturevalue("session_fake")
+        fake.reset(now=clock.now())
+        fake.set_rate_policy(settings.rate_policy)
+        # The fake's store is private to users; the contract tests look inside on purpose.
+        inside = fake._store  # pyright: ignore[reportPrivateUsage] - the harness checks storage
+        running = RunningServer(Client("127.0.0.1", _port(fake.url), ""), inside, fake.clock, None)
+        running.client.api_key = running.new_key("acme")
+        yield running
+        return
     app = create_app(
         settings, store=store, limiter=MemoryLimiter(settings.rate_policy), clock=clock
     )
@@ -79,3 +112,7 @@ def running(settings: Settings, store: Store, clock: ManualClock) -> Iterator[Ru
 def client(running: RunningServer) -> Client:
     """The HTTP client of the running server."""
     return running.client
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
