@@ -27,6 +27,9 @@ import attrs
 import pytest
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from bmcore import RatePolicy
     from pytest_bm._fake import FakeIngest
 
 __all__ = [
@@ -34,6 +37,8 @@ __all__ = [
     "bm_fake_ingest_server",
     "bm_ingest_api_key",
     "bm_ingest_options",
+    "bm_ingest_rate_policy",
+    "bm_ingest_start_time",
 ]
 
 _RATE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
@@ -172,17 +177,32 @@ def bm_ingest_api_key(bm_ingest_options: Options) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def bm_fake_ingest_server(
-    bm_ingest_options: Options, bm_ingest_api_key: str | None
-) -> Iterator[FakeIngest]:
-    """One fake server per pytest run (per xdist worker), on 127.0.0.1 and a free port."""
+def bm_ingest_rate_policy(bm_ingest_options: Options) -> RatePolicy:
+    """The rate policy of every key (from the options); override to set one in code."""
     import bmcore  # noqa: PLC0415 - imported only when a test uses the fake
-    from pytest_bm._fake import FakeIngest  # noqa: PLC0415
 
-    policy = bmcore.RatePolicy.per_second(
+    return bmcore.RatePolicy.per_second(
         bm_ingest_options.rate_per_second, burst=bm_ingest_options.burst
     )
-    fake = FakeIngest(api_key=bm_ingest_api_key, rate_policy=policy)
+
+
+@pytest.fixture
+def bm_ingest_start_time() -> datetime | None:
+    """Where the fake's clock starts for a test: None for the real current time.
+
+    Override it to pin the time that received entries carry and the time policy applies to.
+    """
+    return None
+
+
+@pytest.fixture(scope="session")
+def bm_fake_ingest_server(
+    bm_ingest_api_key: str | None, bm_ingest_rate_policy: RatePolicy
+) -> Iterator[FakeIngest]:
+    """One fake server per pytest run (per xdist worker), on 127.0.0.1 and a free port."""
+    from pytest_bm._fake import FakeIngest  # noqa: PLC0415 - imported only when used
+
+    fake = FakeIngest(api_key=bm_ingest_api_key, rate_policy=bm_ingest_rate_policy)
     fake.start()
     try:
         yield fake
@@ -190,10 +210,11 @@ def bm_fake_ingest_server(
         fake.stop()
 
 
-def _marker_options(request: pytest.FixtureRequest, options: Options) -> Options:
+def _marker_options(request: pytest.FixtureRequest, options: Options) -> Options | None:
+    """The options with the marker's changes, or None when the test has no marker."""
     marker = request.node.get_closest_marker("bm_ingest")
     if marker is None:
-        return options
+        return None
     if marker.args:
         msg = "bm_ingest: the marker takes keyword arguments only: bm_ingest(strict=False)"
         raise pytest.UsageError(msg)
@@ -216,14 +237,23 @@ def bm_fake_ingest(
     request: pytest.FixtureRequest,
     bm_fake_ingest_server: FakeIngest,
     bm_ingest_options: Options,
+    bm_ingest_rate_policy: RatePolicy,
+    bm_ingest_start_time: datetime | None,
 ) -> Iterator[FakeIngest]:
     """The fake ingest endpoint, reset for this test; fails it at teardown on unexpected 4xx."""
     import bmcore  # noqa: PLC0415 - imported only when a test uses the fake
 
-    options = _marker_options(request, bm_ingest_options)
+    marked = _marker_options(request, bm_ingest_options)
+    options = marked or bm_ingest_options
     fake = bm_fake_ingest_server
-    fake.reset()
-    fake.set_rate_policy(bmcore.RatePolicy.per_second(options.rate_per_second, burst=options.burst))
+    fake.reset(now=bm_ingest_start_time)
+    marker = request.node.get_closest_marker("bm_ingest")
+    if marked is None or marker is None or not {"rate", "burst"} & set(marker.kwargs):
+        fake.set_rate_policy(bm_ingest_rate_policy)
+    else:
+        fake.set_rate_policy(
+            bmcore.RatePolicy.per_second(marked.rate_per_second, burst=marked.burst)
+        )
     yield fake
     if options.strict:
         report = fake.rejection_report()

@@ -257,3 +257,36 @@ def test_loading_the_plugin_imports_nothing_heavy() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_rate_policy_and_start_time_fixtures_can_be_overridden(project: pytest.Pytester) -> None:
+    """A conftest can set the fake's rate policy and pin its clock, in code."""
+    project.makeconftest(
+        """
+        from datetime import datetime, timezone
+
+        import pytest
+        import bmcore
+
+        @pytest.fixture(scope="session")
+        def bm_ingest_rate_policy():
+            return bmcore.RatePolicy.per_second(1, burst=1)
+
+        @pytest.fixture
+        def bm_ingest_start_time():
+            return datetime(2030, 1, 2, 3, 4, tzinfo=timezone.utc)
+        """
+    )
+    project.makepyfile(
+        """
+        import pytest
+        from client import backup
+
+        @pytest.mark.bm_ingest(strict=False)
+        def test_pinned(bm_fake_ingest):
+            assert bm_fake_ingest.clock.now().isoformat() == "2030-01-02T03:04:00+00:00"
+            assert [backup(bm_fake_ingest), backup(bm_fake_ingest, jobName="b")] == [201, 429]
+            assert bm_fake_ingest.backups[0].received_at.year == 2030
+        """
+    )
+    project.runpytest().assert_outcomes(passed=1)
