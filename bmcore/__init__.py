@@ -36,7 +36,7 @@ from bmcore._models import (
     PayloadWarning,
     Severity,
 )
-from bmcore._ratelimit import Decision, KeyedLimiter, RatePolicy, decide
+from bmcore._ratelimit import Decision, KeyedLimiter, RatePolicy, decide, parse_rate
 from bmcore._timestamps import (
     CLOCK_SKEW_TOLERANCE,
     EARLIEST_TIMESTAMP,
@@ -82,6 +82,7 @@ __all__ = [
     "format_timestamp",
     "generate_api_key",
     "hash_api_key",
+    "parse_rate",
     "parse_timestamp",
     "verify_api_key",
 ]

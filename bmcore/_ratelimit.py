@@ -12,15 +12,38 @@ The caller passes the clock (a monotonic ``now_ns``); nothing here reads one.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Hashable
 from typing import Final, Generic, NamedTuple, TypeVar
 
 import attrs
 
-__all__ = ["Decision", "KeyedLimiter", "RatePolicy", "decide"]
+__all__ = ["Decision", "KeyedLimiter", "RatePolicy", "decide", "parse_rate"]
 
 _NS_PER_S: Final = 1_000_000_000
+
+
+_RATE: Final = re.compile(
+    r"^\s*(?P<count>\d+(?:\.\d+)?)\s*/\s*(?P<unit>s|sec|second|m|min|minute|h|hour)\s*$"
+)
+_UNIT_SECONDS: Final = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
+_UNIT_SECONDS.update({"h": 3600, "hour": 3600})
+
+
+def parse_rate(text: str) -> float:
+    """A rate written as ``COUNT/UNIT`` (``1/s``, ``30/min``, ``100/h``), in tokens per second.
+
+    The one syntax of every command line and setting that takes a rate.
+
+    >>> parse_rate("30/min")
+    0.5
+    """
+    match = _RATE.match(text)
+    if match is None or float(match["count"]) <= 0:
+        msg = f"invalid rate {text!r}: give a positive count per unit, e.g. 1/s, 30/min, 100/h"
+        raise ValueError(msg)
+    return float(match["count"]) / _UNIT_SECONDS[match["unit"]]
 
 
 def _positive(_: object, attribute: attrs.Attribute[int], value: int) -> None:

@@ -6,52 +6,24 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
 import bmcore
+from bmserver._arguments import port, positive_int, rate
 from bmserver._settings import DEFAULT_RATE_POLICY, Settings
 from bmserver._store import Scope, Store, UnknownKeyError
 
 __all__ = ["ensure_first_key", "main"]
 
 DEFAULT_DATABASE: Final = "bm-ingest.sqlite3"
-_RATE: Final = re.compile(
-    r"^\s*(?P<count>\d+(?:\.\d+)?)\s*/\s*(?P<unit>s|sec|second|m|min|minute|h|hour)\s*$"
-)
-_UNIT_SECONDS: Final = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
-_UNIT_SECONDS.update({"h": 3600, "hour": 3600})
 _LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
-
-
-def _rate(text: str) -> float:
-    """A rate such as ``1/s``, ``30/min`` or ``100/h``, in tokens per second."""
-    match = _RATE.match(text)
-    if match is None or float(match["count"]) <= 0:
-        msg = f"invalid rate {text!r}: give a positive count per unit, e.g. 1/s, 30/min, 100/h"
-        raise argparse.ArgumentTypeError(msg)
-    return float(match["count"]) / _UNIT_SECONDS[match["unit"]]
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        msg = f"invalid value {text!r}: give a whole number of at least 1"
-        raise argparse.ArgumentTypeError(msg)
-    return int(text)
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        msg = f"invalid port {text!r}: give a number from 0 to 65535"
-        raise argparse.ArgumentTypeError(msg)
-    return int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,17 +46,17 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default=_env("BM_HOST", "127.0.0.1"), help="address (BM_HOST; %(default)s)"
     )
     serve.add_argument(
-        "--port", type=_port, default=_env("BM_PORT", "8080"), help="port (BM_PORT; %(default)s)"
+        "--port", type=port, default=_env("BM_PORT", "8080"), help="port (BM_PORT; %(default)s)"
     )
     serve.add_argument(
         "--rate",
-        type=_rate,
+        type=rate,
         default=_env("BM_RATE", "1/s"),
         help="sustained requests per API key, e.g. 1/s or 30/min (BM_RATE; %(default)s)",
     )
     serve.add_argument(
         "--burst",
-        type=_positive_int,
+        type=positive_int,
         default=_env("BM_BURST", str(DEFAULT_RATE_POLICY.burst)),
         help="requests a key may send at once (BM_BURST; %(default)s)",
     )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import shlex
 import signal
 import sys
@@ -29,39 +28,10 @@ from typing import Final
 
 import bmcore
 from bmserver import DEFAULT_RATE_POLICY
+from bmserver._arguments import port, positive_int, rate
 from pytest_bm._fake import FakeIngest
 
 __all__ = ["main"]
-
-# The same rate syntax as ``bmserver serve --rate``.
-_RATE: Final = re.compile(
-    r"^\s*(?P<count>\d+(?:\.\d+)?)\s*/\s*(?P<unit>s|sec|second|m|min|minute|h|hour)\s*$"
-)
-_UNIT_SECONDS: Final = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
-_UNIT_SECONDS.update({"h": 3600, "hour": 3600})
-
-
-def _rate(text: str) -> float:
-    """A rate such as ``1/s``, ``30/min`` or ``100/h``, in requests per second."""
-    match = _RATE.match(text)
-    if match is None or float(match["count"]) <= 0:
-        msg = f"invalid rate {text!r}: give a positive count per unit, e.g. 1/s, 30/min, 100/h"
-        raise argparse.ArgumentTypeError(msg)
-    return float(match["count"]) / _UNIT_SECONDS[match["unit"]]
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        msg = f"invalid value {text!r}: give a whole number of at least 1"
-        raise argparse.ArgumentTypeError(msg)
-    return int(text)
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        msg = f"invalid port {text!r}: give a number from 0 to 65535"
-        raise argparse.ArgumentTypeError(msg)
-    return int(text)
 
 
 def _api_key(text: str) -> str:
@@ -80,20 +50,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address (%(default)s)")
     parser.add_argument(
-        "--port", type=_port, default=0, help="port; 0 picks a free one (%(default)s)"
+        "--port", type=port, default=0, help="port; 0 picks a free one (%(default)s)"
     )
     parser.add_argument(
         "--api-key", type=_api_key, help="the key to accept (default: a fresh random one)"
     )
     parser.add_argument(
         "--rate",
-        type=_rate,
+        type=rate,
         default="1/s",
         help="sustained requests per API key, e.g. 1/s or 30/min (%(default)s)",
     )
     parser.add_argument(
         "--burst",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_RATE_POLICY.burst,
         help="requests a key may send at once (%(default)s)",
     )

@@ -41,9 +41,6 @@ __all__ = [
     "bm_ingest_start_time",
 ]
 
-_RATE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
-_UNIT_SECONDS: Final = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
-_UNIT_SECONDS.update({"h": 3600, "hour": 3600})
 _KEY: Final = re.compile(r"^bm_[A-Za-z0-9_-]{32,256}$")
 _MARKER_ARGS: Final = frozenset({"strict", "rate", "burst"})
 
@@ -64,13 +61,12 @@ class Options:
 
 
 def _parse_rate(text: str) -> float:
-    match = _RATE.match(text)
-    if match is None or float(match[1]) <= 0:
-        msg = (
-            f"bm_ingest: invalid rate {text!r}; give a positive count per unit: 1/s, 30/min, 100/h"
-        )
-        raise pytest.UsageError(msg)
-    return float(match[1]) / _UNIT_SECONDS[match[2]]
+    import bmcore  # noqa: PLC0415 - keep loading the plugin cheap
+
+    try:
+        return bmcore.parse_rate(text)
+    except ValueError as error:
+        raise pytest.UsageError(f"bm_ingest: {error}") from None
 
 
 def _parse_bool(name: str, value: object) -> bool:

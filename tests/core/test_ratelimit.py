@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bmcore import Decision, KeyedLimiter, RatePolicy, decide
+from bmcore import Decision, KeyedLimiter, RatePolicy, decide, parse_rate
 
 NS = 1_000_000_000
 
@@ -721,3 +721,19 @@ def test_keyed_limiter_never_tracks_more_than_max_keys(
         now += increment
         limiter.decide(key, now, cost)
         assert len(limiter) <= max_keys
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second"),
+    [("1/s", 1.0), ("30/min", 0.5), ("100/h", 100 / 3600), (" 2.5 / second ", 2.5)],
+)
+def test_parse_rate(text: str, per_second: float) -> None:
+    """COUNT/UNIT with s, min or h gives tokens per second."""
+    assert parse_rate(text) == pytest.approx(per_second)
+
+
+@pytest.mark.parametrize("text", ["fast", "0/s", "1/day", "-1/s", ""])
+def test_parse_rate_refuses_with_an_example(text: str) -> None:
+    """Anything else is a ValueError that shows the accepted forms."""
+    with pytest.raises(ValueError, match=r"invalid rate .*e\.g\. 1/s, 30/min, 100/h"):
+        parse_rate(text)
