@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -253,8 +254,10 @@ def test_loading_the_plugin_imports_nothing_heavy() -> None:
         "heavy = ['bmserver', 'starlette', 'uvicorn', 'pytest_bm._fake', 'sqlite3']\n"
         "print([name for name in heavy if name in sys.modules])\n"
     )
+    # Without coverage's variables: its subprocess hook would load sqlite3 into the child.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COV_CORE_", "COVERAGE_"))}
     result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
     )
     assert result.stdout.strip() == "[]"
 
