@@ -35,14 +35,15 @@ CLOCK_SKEW_TOLERANCE: Final = timedelta(minutes=5)
 
 _fromisoformat = datetime.fromisoformat
 
-_SECONDS_END: Final = len("YYYY-MM-DDTHH:MM:SS")
-# Every offset dateutil accepts in the ±HH:MM form (hours 00-23, minutes 00-59).
-_OFFSETS: Final = frozenset(
-    f"{sign}{hours:02}:{minutes:02}"
-    for sign in "+-"
-    for hours in range(24)
-    for minutes in range(60)
-)
+# What ``text[4::3]`` reads from the shapes the fast path takes: the separators of
+# YYYY-MM-DDTHH:MM:SS sit at positions 4, 7, 10, 13 and 16, and the offset's sign and colon at
+# 19 and 22, so one slice checks them all at once.
+_WHOLE_SECONDS: Final = frozenset({"--T::Z", "--T::+:", "--T::-:"})
+_FRACTION: Final = frozenset({"--T::.", "--T::,"})
+_Z_LENGTH: Final = len("YYYY-MM-DDTHH:MM:SSZ")
+_OFFSET_LENGTH: Final = len("YYYY-MM-DDTHH:MM:SS+HH:MM")
+_FRACTION_START: Final = len("YYYY-MM-DDTHH:MM:SS.")
+_SIGNS: Final = frozenset("+-")
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -57,24 +58,27 @@ def parse_timestamp(text: str) -> datetime:
     >>> parse_timestamp("2024-06-04T12:00:00Z").isoformat()
     '2024-06-04T12:00:00+00:00'
     """
-    # The fast path takes exactly YYYY-MM-DDTHH:MM:SS[.digits](Z|±HH:MM), checked at the
-    # fixed positions; fromisoformat then checks the digits. Anything else, including what
-    # fromisoformat would read differently (14:30.5, 14,5, an extra digit), takes the reference.
-    if text[-1:] == "Z":
-        tail = len(text) - 1
-    elif text[-6:] in _OFFSETS:
-        tail = len(text) - 6
+    # The fast path takes exactly YYYY-MM-DDTHH:MM:SS[.digits](Z|±HH:MM), checked by the
+    # separators at fixed positions; fromisoformat then checks the digits (ASCII only). The
+    # offset's minutes are checked here because fromisoformat reads +02:75 as +03:15. Anything
+    # else, including what fromisoformat would read differently, takes the reference parser.
+    shape = text[4::3]
+    if shape in _WHOLE_SECONDS:
+        length = len(text)
+        fast = length == _Z_LENGTH or (length == _OFFSET_LENGTH and text[23] < "6")
+    elif shape[:6] in _FRACTION:
+        # The fraction's digits run from position 20 to the Z or the ±HH:MM at the end; they
+        # are checked here because fromisoformat skips what follows the sixth digit.
+        if text[-1] == "Z":
+            digits = text[_FRACTION_START:-1]
+        elif text[-3] == ":" and text[-6] in _SIGNS and text[-2] < "6":
+            digits = text[_FRACTION_START:-6]
+        else:
+            digits = ""
+        fast = digits.isdigit() and digits.isascii()
     else:
-        tail = 0
-    if (
-        (tail == _SECONDS_END or (text[19:20] in ".," and text[20:tail].isdigit()))
-        and text[10:11] == "T"
-        and text[16:17] == ":"
-        and text[13] == ":"
-        and text[7] == "-"
-        and text[4] == "-"
-        and text.isascii()
-    ):
+        fast = False
+    if fast:
         try:
             return _fromisoformat(text)
         except ValueError:
