@@ -63,10 +63,14 @@ class PayloadError(BmError, ValueError):
         if not self.errors:
             msg = "PayloadError needs at least one FieldError"
             raise ValueError(msg)
+        super().__init__(*self.errors)
+
+    def __str__(self) -> str:
+        # Built when shown, not when raised: a server renders the errors, not this text.
         count = len(self.errors)
         heading = "1 problem" if count == 1 else f"{count} problems"
         lines = "\n".join(f"  {error}" for error in self.errors)
-        super().__init__(f"invalid payload, {heading}:\n{lines}")
+        return f"invalid payload, {heading}:\n{lines}"
 
     @property
     def codes(self) -> tuple[str, ...]:

@@ -197,6 +197,15 @@ def structure_status(value: object, _: object) -> str:
 
 def structure_type(value: object, _: object) -> str:
     """type: a short identifier, 1-100 characters, no whitespace or control characters."""
+    # The fast path: printable ASCII has one whitespace character, the space.
+    if (
+        type(value) is str
+        and value.isascii()
+        and value.isprintable()
+        and 0 < len(value) <= MAX_TYPE_LENGTH
+        and " " not in value
+    ):
+        return value
     text = _require_string("type", value)
     if not text:
         raise FieldRejectedError(
@@ -245,6 +254,10 @@ _SEVERITY_CHOICES: Final = ", ".join(severity.value for severity in Severity)
 
 def structure_severity(value: object, _: object) -> Severity:
     """severity: one of the four values, case-insensitive."""
+    if type(value) is str and value.isascii():  # the fast path
+        severity = _SEVERITIES.get(value.lower())
+        if severity is not None:
+            return severity
     text = _require_string("severity", value)
     severity = _SEVERITIES.get(text.lower() if text.isascii() else text)
     if severity is None:

@@ -40,6 +40,8 @@ _fromisoformat = datetime.fromisoformat
 # 19 and 22, so one slice checks them all at once.
 _WHOLE_SECONDS: Final = frozenset({"--T::Z", "--T::+:", "--T::-:"})
 _FRACTION: Final = frozenset({"--T::.", "--T::,"})
+_NAIVE: Final = "--T::"
+_NAIVE_LENGTH: Final = len("YYYY-MM-DDTHH:MM:SS")
 _Z_LENGTH: Final = len("YYYY-MM-DDTHH:MM:SSZ")
 _OFFSET_LENGTH: Final = len("YYYY-MM-DDTHH:MM:SS+HH:MM")
 _FRACTION_START: Final = len("YYYY-MM-DDTHH:MM:SS.")
@@ -76,6 +78,16 @@ def parse_timestamp(text: str) -> datetime:
         else:
             digits = ""
         fast = digits.isdigit() and digits.isascii()
+    elif shape == _NAIVE and len(text) == _NAIVE_LENGTH:
+        # A local time without an offset, the commonest mistake: refused without the reference
+        # parser, once fromisoformat has found it a valid time.
+        try:
+            _fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            raise TimestampError("missing_utc_offset", _naive_message(text))
+        fast = False
     else:
         fast = False
     if fast:
