@@ -427,6 +427,27 @@ def test_keyed_limiter_matches_decide() -> None:
         assert limiter.decide("k", now, cost) == expected
 
 
+@given(
+    policy=policies,
+    start=starts,
+    requests=st.lists(
+        st.tuples(st.sampled_from("abc"), st.integers(0, 3 * NS), st.integers(0, 20)), max_size=60
+    ),
+)
+def test_keyed_limiter_matches_decide_per_key(
+    policy: RatePolicy, start: int, requests: list[tuple[str, int, int]]
+) -> None:
+    """With room for every key, the limiter decides each key exactly as decide() on its own."""
+    limiter: KeyedLimiter[str] = KeyedLimiter(policy)
+    states: dict[str, int | None] = {}
+    now = start
+    for key, increment, cost in requests:
+        now += increment
+        cost = min(cost, policy.burst)
+        expected, states[key] = decide(states.get(key), now, policy, cost)
+        assert limiter.decide(key, now, cost) == expected
+
+
 def test_keyed_limiter_refuses_a_cost_above_the_burst() -> None:
     """The limiter validates the cost like decide()."""
     limiter: KeyedLimiter[str] = KeyedLimiter(RatePolicy(burst=2, interval_ns=NS))
