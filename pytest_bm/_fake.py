@@ -253,7 +253,8 @@ class FakeIngest:
         self._plan = FaultPlan()
         self._keys: list[str] = []
         self._clock = ManualClock(datetime.now(UTC))
-        self._app: ASGIApp = self._new_app()
+        # None until a request needs it: see _current_app. start() builds it.
+        self._app: ASGIApp | None = None
         self._running: _Running | None = None
         self._issue(self._api_key, account="default", scopes=DEFAULT_SCOPES)
 
@@ -374,7 +375,7 @@ class FakeIngest:
             self._issue(self._api_key, account="default", scopes=DEFAULT_SCOPES)
             self._policy = self._initial_policy
             self._clock = clock
-            self._app = self._new_app()
+            self._app = None
             if self._running is not None:
                 self._running.call(self._running.release_for_reset)
 
@@ -390,7 +391,21 @@ class FakeIngest:
         )
 
     def _current_app(self) -> ASGIApp:
-        return self._app
+        """The app for a request that arrives now, built by the first request that needs it.
+
+        reset() and set_rate_policy() only drop the app, and the bm_fake_ingest fixture calls
+        both before every test: building bmserver's app (its routes, its OpenAPI document) was
+        most of the fixture's cost, twice over. The app captures the policy and the clock when
+        it is built, which is the same as when they were set: only reset() and start() replace
+        the clock, and both also drop or rebuild the app.
+        """
+        app = self._app
+        if app is None:
+            with self._lock:  # against a reset() in between; held for a build at most
+                app = self._app
+                if app is None:
+                    app = self._app = self._new_app()
+        return app
 
     def _current_policy(self) -> bmcore.RatePolicy:
         return self._policy
@@ -491,7 +506,7 @@ class FakeIngest:
         """
         with self._lock:
             self._policy = policy
-            self._app = self._new_app()
+            self._app = None
 
     # --- what arrived -------------------------------------------------------------------------
 

@@ -637,6 +637,18 @@ def test_the_rate_limit_follows_the_clock_not_the_wall(fake: FakeIngest, client:
     assert reply.headers["ratelimit-policy"] == '"default";q=2;w=2'
 
 
+def test_setting_the_same_policy_again_refills_every_bucket(
+    fake: FakeIngest, client: Client
+) -> None:
+    """set_rate_policy() starts from full buckets even when the policy does not change."""
+    policy = bmcore.RatePolicy.per_second(1, burst=1)
+    fake.set_rate_policy(policy)
+    assert client.post(NOTIFICATION, notification(type="first")).status == 201
+    assert client.post(NOTIFICATION, notification(type="second")).status == 429
+    fake.set_rate_policy(policy)
+    assert client.post(NOTIFICATION, notification(type="third")).status == 201
+
+
 # --- assertions -------------------------------------------------------------------------------
 
 
