@@ -97,6 +97,27 @@ def tests(session: nox.Session) -> None:
     )
 
 
+def _ensure_wrk(session: nox.Session) -> None:
+    """The HTTP benchmark's load generator: wrk from Debian's packages, installed if missing."""
+    if shutil.which("wrk") is not None:
+        return
+    apt = shutil.which("apt-get")
+    if apt is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        session.error("wrk is not installed: install it (Debian: apt-get install -y wrk)")
+    session.run(apt, "install", "-y", "-q", "wrk", external=True, silent=True)
+
+
+@nox.session(python=INSTALLED[0])
+def bench(session: nox.Session) -> None:
+    """Benchmarks beside the alternatives, as ratios (bench/README.md); ``-- --smoke`` for CI.
+
+    Results are written as JSON to bench/results/, which git ignores.
+    """
+    _install(session, "bench")
+    _ensure_wrk(session)
+    session.run("python", "-m", "bench", *session.posargs)
+
+
 @nox.session(python=INSTALLED[0])
 def coverage(session: nox.Session) -> None:
     """Combine the coverage of every tests run; bmcore must stay at 95% or more."""
