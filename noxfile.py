@@ -97,6 +97,25 @@ def tests(session: nox.Session) -> None:
     )
 
 
+@nox.session(python=INSTALLED[0])
+def reliability(session: nox.Session) -> None:
+    """Hostile input, load, kill -9, slow clients and security against a real bmserver process.
+
+    ``BM_RELIABILITY_PROFILE=quick`` runs a tenth of each count, for the edit-test loop; CI runs
+    the full profile. A report of requests, faults and entries accounted for ends the run.
+    """
+    _install(session, "reliability")
+    session.run(
+        "pytest",
+        "tests/reliability",
+        "-m",
+        "reliability",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+    )
+
+
 def _ensure_wrk(session: nox.Session) -> None:
     """The HTTP benchmark's load generator: wrk from Debian's packages, installed if missing."""
     if shutil.which("wrk") is not None:

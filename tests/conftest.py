@@ -25,7 +25,7 @@ from bmserver import (
 )
 from pytest_bm import FakeIngest
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "_reliability"]
 
 # A quick default for the edit-test loop, and a thorough profile that CI selects with
 # HYPOTHESIS_PROFILE=ci. No deadline: these machines are shared and noisy, and timing is the
