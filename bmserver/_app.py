@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import bmcore
 from bmserver._clock import Clock
-from bmserver._limiter import Limiter, MemoryLimiter
+from bmserver._limiter import Limiter, LimiterUnavailableError, MemoryLimiter
 from bmserver._openapi import openapi_document
 from bmserver._problems import ProblemError, problem_response
 from bmserver._reads import ReadSide
@@ -47,13 +47,31 @@ _JSON_MEDIA: Final = frozenset({"application/json", "text/json"})
 _LENIENT_MEDIA: Final = frozenset({"", "application/x-www-form-urlencoded", "text/plain"})
 
 
-def create_app(settings: Settings, *, store: Store, limiter: Limiter, clock: Clock) -> Starlette:
+def create_app(
+    settings: Settings,
+    *,
+    store: Store,
+    limiter: Limiter,
+    clock: Clock,
+    auth_failures: Limiter | None = None,
+) -> Starlette:
     """Build the ingest app; everything it uses is passed in.
 
-    The app owns the store's lifecycle: its lifespan opens the store at start-up and closes it
-    at shutdown, after every accepted write has been committed.
+    ``limiter`` limits requests per key; ``auth_failures`` counts failed authentications per
+    client address (in this process's memory unless given, e.g. a RedisLimiter shared by all
+    instances).
+
+    The app owns the store's and the limiters' lifecycle: its lifespan opens the store at
+    start-up, and at shutdown closes it, after every accepted write has been committed, and
+    then the limiters.
     """
-    ingest = _Ingest(settings=settings, store=store, limiter=limiter, clock=clock)
+    ingest = _Ingest(
+        settings=settings,
+        store=store,
+        limiter=limiter,
+        clock=clock,
+        auth_failures=auth_failures or MemoryLimiter(settings.auth_failure_policy),
+    )
     reads = ReadSide(settings=settings, store=store, authenticate=ingest.authenticate)
 
     @contextlib.asynccontextmanager
@@ -62,7 +80,11 @@ def create_app(settings: Settings, *, store: Store, limiter: Limiter, clock: Clo
         try:
             yield
         finally:
-            await store.close()
+            try:
+                await store.close()
+            finally:
+                await ingest.limiter.close()
+                await ingest.auth_failures.close()
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -182,10 +204,9 @@ class _Ingest:
     store: Store
     limiter: Limiter
     clock: Clock
-    auth_failures: MemoryLimiter = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self.auth_failures = MemoryLimiter(self.settings.auth_failure_policy)
+    auth_failures: Limiter
+    # When the limiter's backend was last reported unreachable: one warning per interval.
+    _last_limiter_warning_ns: int | None = attrs.field(default=None, init=False)
 
     async def backup(self, request: Request) -> Response:
         return await self._ingest(request, KeyScope.INGEST, _backup_kind)
@@ -228,8 +249,8 @@ class _Ingest:
         now_ns = self.clock.monotonic_ns()
         # An address that failed too often is refused before its key is even looked at, so
         # that a guess that happens to be right is not told apart from a wrong one.
-        standing = await self.auth_failures.decide(address, now_ns, 0)
-        if standing.remaining < 1:
+        standing = await self._decide(self.auth_failures, address, now_ns, 0)
+        if standing is not None and standing.remaining < 1:
             raise _too_many_failures(self.auth_failures)
         supplied = request.headers.get("x-api-key")
         if not supplied:
@@ -261,10 +282,12 @@ class _Ingest:
         return record
 
     async def _failed(self, address: str, now_ns: int) -> None:
-        await self.auth_failures.decide(address, now_ns)
+        await self._decide(self.auth_failures, address, now_ns, 1)
 
     async def _rate_limit(self, key: ApiKeyRecord) -> dict[str, str]:
-        decision = await self.limiter.decide(key.id, self.clock.monotonic_ns())
+        decision = await self._decide(self.limiter, key.id, self.clock.monotonic_ns(), 1)
+        if decision is None:  # the limiter is unreachable and the setting is to fail open
+            return {}
         headers = rate_limit_headers(self.limiter.policy, decision)
         if not decision.allowed:
             raise ProblemError(
@@ -276,6 +299,40 @@ class _Ingest:
             )
         return headers
 
+    async def _decide(
+        self, limiter: Limiter, key: str, now_ns: int, cost: int
+    ) -> bmcore.Decision | None:
+        """The limiter's decision; None when it is unreachable and the setting is "open"."""
+        try:
+            return await limiter.decide(key, now_ns, cost)
+        except LimiterUnavailableError as error:
+            self._warn_limiter_unavailable(error, now_ns)
+            if self.settings.on_limiter_error == "open":
+                return None
+            raise ProblemError(
+                503,
+                "rate_limiter_unavailable",
+                "the rate limiter cannot be reached, so no request is admitted; retry later",
+                headers={"Retry-After": str(_LIMITER_RETRY_AFTER_S)},
+            ) from None
+
+    def _warn_limiter_unavailable(self, error: LimiterUnavailableError, now_ns: int) -> None:
+        last = self._last_limiter_warning_ns
+        if last is not None and now_ns - last < _LIMITER_WARNING_INTERVAL_NS:
+            return  # one line per interval, not one per request, while it lasts
+        self._last_limiter_warning_ns = now_ns
+        admitted = (
+            "admitting requests unlimited"
+            if self.settings.on_limiter_error == "open"
+            else ("refusing requests with 503")
+        )
+        log.warning("rate limiter unavailable (%s): %s", error, admitted)
+
+
+#: How long a client is told to wait when the limiter is unavailable and the setting is closed.
+_LIMITER_RETRY_AFTER_S: Final = 5
+_LIMITER_WARNING_INTERVAL_NS: Final = 10 * 1_000_000_000
+
 
 def rate_limit_headers(policy: bmcore.RatePolicy, decision: bmcore.Decision) -> dict[str, str]:
     """The RateLimit-Policy and RateLimit headers of draft-ietf-httpapi-ratelimit-headers."""
@@ -285,7 +342,7 @@ def rate_limit_headers(policy: bmcore.RatePolicy, decision: bmcore.Decision) -> 
     }
 
 
-def _too_many_failures(failures: MemoryLimiter) -> ProblemError:
+def _too_many_failures(failures: Limiter) -> ProblemError:
     wait = max(1, -(-failures.policy.interval_ns // 1_000_000_000))
     return ProblemError(
         429,

@@ -1,4 +1,4 @@
-"""Rate-limit backends: bmcore's limiter in memory (one process), Redis later (many)."""
+"""Rate-limit backends: bmcore's limiter in memory (one process), or Redis (many instances)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ from typing import Protocol
 
 from bmcore import Decision, KeyedLimiter, RatePolicy
 
-__all__ = ["Limiter", "MemoryLimiter"]
+__all__ = ["Limiter", "LimiterUnavailableError", "MemoryLimiter"]
+
+
+class LimiterUnavailableError(Exception):
+    """The limiter's backend (Redis) cannot be reached; the app's setting decides what then."""
 
 
 class Limiter(Protocol):
@@ -21,8 +25,12 @@ class Limiter(Protocol):
         """Decide one request of ``cost`` tokens for ``key`` at monotonic time ``now_ns``."""
         ...
 
-    def reset(self) -> None:
+    async def reset(self) -> None:
         """Forget every key's state."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the app's lifespan calls it at shutdown, after the store."""
         ...
 
 
@@ -41,6 +49,9 @@ class MemoryLimiter:
         """Decide at once: the state is in memory."""
         return self._limiter.decide(key, now_ns, cost)
 
-    def reset(self) -> None:
+    async def reset(self) -> None:
         """Forget every key's state."""
         self._limiter.clear()
+
+    async def close(self) -> None:
+        """Nothing to release: the state is in memory."""

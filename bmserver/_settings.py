@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
 import attrs
 
@@ -27,6 +27,9 @@ class Settings:
     auth_failure_policy: RatePolicy = DEFAULT_AUTH_FAILURE_POLICY
     #: HMAC secret for key hashes; None stores plain SHA-256 hashes.
     key_secret: bytes | None = attrs.field(default=None, repr=False)
+    #: When the rate limiter's backend (Redis) cannot be reached: "open" admits the request and
+    #: logs a warning (nothing a client sends is lost), "closed" answers 503 (quotas hold).
+    on_limiter_error: Literal["open", "closed"] = "open"
     #: Default and largest page size of the read side.
     default_page_size: int = 100
     max_page_size: int = 1000

@@ -15,6 +15,7 @@ import pytest
 from _harness import START, Client, RunningServer, loop_of, serve, stop
 
 from bmserver import (
+    Limiter,
     ManualClock,
     MemoryLimiter,
     MemoryStore,
@@ -25,7 +26,7 @@ from bmserver import (
 )
 from pytest_bm import FakeIngest
 
-pytest_plugins = ["pytester", "_reliability"]
+pytest_plugins = ["pytester", "_reliability", "_services"]
 
 # A quick default for the edit-test loop, and a thorough profile that CI selects with
 # HYPOTHESIS_PROFILE=ci. No deadline: these machines are shared and noisy, and timing is the
@@ -75,12 +76,19 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
+def limiter(settings: Settings) -> Limiter:
+    """The per-key limiter of the server under test; override per module (e.g. Redis)."""
+    return MemoryLimiter(settings.rate_policy)
+
+
+@pytest.fixture
 def running(
     request: pytest.FixtureRequest,
     backend: str,
     settings: Settings,
     store: Store,
     clock: ManualClock,
+    limiter: Limiter,
 ) -> Iterator[RunningServer]:
     """A real server over a real socket, with a key that may ingest and read.
 
@@ -96,9 +104,7 @@ def running(
         running.client.api_key = running.new_key("acme")
         yield running
         return
-    app = create_app(
-        settings, store=store, limiter=MemoryLimiter(settings.rate_policy), clock=clock
-    )
+    app = create_app(settings, store=store, limiter=limiter, clock=clock)
     server, thread, port = serve(app)
     try:
         running = RunningServer(Client("127.0.0.1", port, ""), store, clock, loop_of(server))
