@@ -60,7 +60,7 @@ _expose_pyenv_versions()
 INSTALLED = [version for version in SUPPORTED if _runs(f"python{version}")] or SUPPORTED[:1]
 
 
-def _install(session: nox.Session, *groups: str, extras: str = "server") -> None:
+def _install(session: nox.Session, *groups: str, extras: str = "server,scale") -> None:
     session.install("-e", f".[{extras}]")
     for group in groups:
         session.install(*nox.project.dependency_groups(PYPROJECT, group))

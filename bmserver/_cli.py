@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import bmcore
 from bmserver._arguments import port, positive_int, rate
 from bmserver._settings import DEFAULT_RATE_POLICY, Settings
 from bmserver._store import Scope, Store, UnknownKeyError
 
-__all__ = ["ensure_first_key", "main"]
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from bmserver._limiter import Limiter
+
+__all__ = ["ensure_first_key", "is_postgres_url", "main", "worker_app"]
 
 DEFAULT_DATABASE: Final = "bm-ingest.sqlite3"
 _LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
@@ -37,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     database = argparse.ArgumentParser(add_help=False)
     database.add_argument(
         "--database",
-        default=_env("BM_DATABASE", DEFAULT_DATABASE),
-        help="SQLite database file, created if missing (BM_DATABASE; default %(default)s)",
+        default=os.environ.get("BM_DATABASE_URL") or _env("BM_DATABASE", DEFAULT_DATABASE),
+        help="a SQLite file, created if missing, or a postgresql:// URL for several instances "
+        "(BM_DATABASE_URL or BM_DATABASE; default %(default)s)",
     )
 
     serve = commands.add_parser("serve", parents=[database], help="serve the ingest API")
@@ -59,6 +66,33 @@ def _parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=_env("BM_BURST", str(DEFAULT_RATE_POLICY.burst)),
         help="requests a key may send at once (BM_BURST; %(default)s)",
+    )
+    serve.add_argument(
+        "--redis",
+        default=_env("BM_REDIS_URL", "") or None,
+        metavar="URL",
+        help="share rate limits between instances in Redis, e.g. redis://127.0.0.1:6379/0 "
+        "(BM_REDIS_URL; default: in this process's memory)",
+    )
+    serve.add_argument(
+        "--redis-prefix",
+        default=_env("BM_REDIS_PREFIX", "bm"),
+        help="prefix of every Redis key, to share one Redis between deployments "
+        "(BM_REDIS_PREFIX; %(default)s)",
+    )
+    serve.add_argument(
+        "--on-redis-error",
+        choices=("open", "closed"),
+        default=_env("BM_ON_REDIS_ERROR", "open"),
+        help="when Redis cannot be reached: open admits requests and logs a warning, closed "
+        "answers 503 (BM_ON_REDIS_ERROR; %(default)s)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=positive_int,
+        default=_env("BM_WORKERS", "1"),
+        help="worker processes; more than one needs --redis and a postgresql:// --database "
+        "(BM_WORKERS; %(default)s)",
     )
     serve.add_argument(
         "--log-level",
@@ -101,10 +135,22 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _open_store(path: str) -> Store:
+def is_postgres_url(database: str) -> bool:
+    """Whether ``--database`` names a PostgreSQL server rather than a SQLite file."""
+    return database.startswith(("postgresql://", "postgres://"))
+
+
+def _open_store(database: str) -> Store:
+    if is_postgres_url(database):
+        try:
+            from bmserver._postgres import PostgresStore  # noqa: PLC0415 - an optional extra
+        except ImportError as error:
+            msg = f"{error}; PostgreSQL needs the scale extra: pip install 'bm-ingest[scale]'"
+            raise SystemExit(msg) from None
+        return PostgresStore(database)
     from bmserver._sqlite import SqliteStore  # noqa: PLC0415 - keep --help fast
 
-    return SqliteStore(path)
+    return SqliteStore(database)
 
 
 async def _keys(args: argparse.Namespace) -> int:
@@ -179,39 +225,112 @@ async def ensure_first_key(path: str) -> str | None:
         await store.close()
 
 
+#: The worker processes read the serve flags from this variable: uvicorn starts them anew.
+_SERVE_CONFIG: Final = "BM_SERVE_CONFIG"
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - keep --help and the keys commands fast
 
-    from bmserver._app import create_app  # noqa: PLC0415
-    from bmserver._clock import SystemClock  # noqa: PLC0415
-    from bmserver._limiter import MemoryLimiter  # noqa: PLC0415
-
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    problem = _scale_out_problem(args)
+    if problem:
+        print(f"bmserver serve: {problem}", file=sys.stderr)
+        return 2
+    _configure_logging(args.log_level)
     key = asyncio.run(ensure_first_key(args.database))
     url = f"http://{_url_host(args.host)}:{args.port}"
     if key is not None:
         print(_welcome(key, url), flush=True)
-    settings = Settings(
-        rate_policy=bmcore.RatePolicy.per_second(args.rate, burst=args.burst),
-        key_secret=_secret(),
+    os.environ[_SERVE_CONFIG] = json.dumps(
+        {
+            "database": args.database,
+            "rate": args.rate,
+            "burst": args.burst,
+            "redis": args.redis,
+            "redis_prefix": args.redis_prefix,
+            "on_redis_error": args.on_redis_error,
+            "log_level": args.log_level,
+        }
     )
-    app = create_app(
-        settings,
-        store=_open_store(args.database),
-        limiter=MemoryLimiter(settings.rate_policy),
-        clock=SystemClock(),
-    )
-    config = uvicorn.Config(
-        app,
+    # One code path for one worker and for many: uvicorn imports the factory in each worker.
+    uvicorn.run(
+        "bmserver._cli:worker_app",
+        factory=True,
         host=args.host,
         port=args.port,
+        workers=args.workers,
         log_level=args.log_level,
         timeout_graceful_shutdown=30,
         access_log=False,  # bmserver.access logs instead, without query strings or keys
         server_header=False,
     )
-    uvicorn.Server(config).run()
     return 0
+
+
+def _scale_out_problem(args: argparse.Namespace) -> str | None:
+    """Why these flags cannot work together, or None."""
+    if args.workers == 1:
+        return None
+    if not is_postgres_url(args.database):
+        return (
+            f"--workers {args.workers} needs a postgresql:// --database: a SQLite file has one "
+            "writer, and each worker would queue behind the others"
+        )
+    if not args.redis:
+        return (
+            f"--workers {args.workers} needs --redis: without it each worker keeps its own rate "
+            f"limits, and every key would get {args.workers} times its quota"
+        )
+    return None
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+
+def worker_app() -> Starlette:
+    """The app of one worker process, built from the flags ``bmserver serve`` was given."""
+    from bmserver._app import create_app  # noqa: PLC0415 - keep --help fast
+    from bmserver._clock import SystemClock  # noqa: PLC0415
+
+    config = json.loads(os.environ[_SERVE_CONFIG])
+    _configure_logging(config["log_level"])
+    settings = Settings(
+        rate_policy=bmcore.RatePolicy.per_second(config["rate"], burst=config["burst"]),
+        key_secret=_secret(),
+        on_limiter_error=config["on_redis_error"],
+    )
+    limiter, auth_failures = _limiters(settings, config["redis"], config["redis_prefix"])
+    return create_app(
+        settings,
+        store=_open_store(config["database"]),
+        limiter=limiter,
+        clock=SystemClock(),
+        auth_failures=auth_failures,
+    )
+
+
+def _limiters(settings: Settings, redis_url: str | None, prefix: str) -> tuple[Limiter, Limiter]:
+    """Per key and per address (failed authentications): in memory, or shared in Redis."""
+    from bmserver._limiter import MemoryLimiter  # noqa: PLC0415 - keep --help fast
+
+    if not redis_url:
+        return MemoryLimiter(settings.rate_policy), MemoryLimiter(settings.auth_failure_policy)
+    try:
+        from bmserver._redis_limiter import RedisLimiter, connect_redis  # noqa: PLC0415
+    except ImportError as error:
+        msg = f"{error}; Redis needs the scale extra: pip install 'bm-ingest[scale]'"
+        raise SystemExit(msg) from None
+    per_key = RedisLimiter(
+        connect_redis(redis_url), settings.rate_policy, namespace=f"{prefix}:rate", owns_client=True
+    )
+    per_address = RedisLimiter(
+        connect_redis(redis_url),
+        settings.auth_failure_policy,
+        namespace=f"{prefix}:auth-failures",
+        owns_client=True,
+    )
+    return per_key, per_address
 
 
 def _url_host(host: str) -> str:

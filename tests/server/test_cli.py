@@ -110,7 +110,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str], Pa
                 stream.close()
 
 
-def test_serve_creates_aensure_first_key_and_accepts_entries(
+def test_serve_creates_a_first_key_and_accepts_entries(
     served: tuple[str, str, subprocess.Popen[str], Path],
 ) -> None:
     """On an empty database serve prints a key once; that key can post a backup."""
@@ -190,6 +190,42 @@ def test_flags_read_environment_variables(tmp_path: Path) -> None:
     assert database.exists()
 
 
+def test_database_url_reads_bm_database_url_before_bm_database(tmp_path: Path) -> None:
+    """BM_DATABASE_URL (the scale-out name) wins over BM_DATABASE when both are set."""
+    chosen = tmp_path / "url.sqlite3"
+    ignored = tmp_path / "file.sqlite3"
+    created = bmserver(
+        "keys",
+        "create",
+        "--account",
+        "acme",
+        env={"BM_DATABASE_URL": str(chosen), "BM_DATABASE": str(ignored)},
+    )
+    assert created.returncode == 0, created.stderr
+    assert chosen.exists()
+    assert not ignored.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["serve", "--workers", "2"], {}, "needs a postgresql:// --database"),
+        (["serve", "--workers", "2", "--database", "postgresql://h/db"], {}, "needs --redis"),
+        (["serve"], {"BM_WORKERS": "3", "BM_DATABASE_URL": "postgresql://h/db"}, "needs --redis"),
+        (["serve", "--on-redis-error", "maybe"], {}, "invalid choice"),
+        (["serve", "--workers", "0"], {}, "at least 1"),
+    ],
+)
+def test_scale_out_flags_that_cannot_work_are_refused(
+    args: list[str], env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    """Several workers need PostgreSQL and Redis; serve says which is missing and exits 2."""
+    result = bmserver(*args, env={"BM_DATABASE": str(tmp_path / "x.sqlite3"), **env})
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "x.sqlite3").exists()  # refused before touching any database
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -206,7 +242,7 @@ def test_bad_flags_are_refused_with_a_clear_message(args: list[str], message: st
     assert message in result.stderr
 
 
-def testensure_first_key_is_made_only_on_an_empty_database(tmp_path: Path) -> None:
+def test_ensure_first_key_is_made_only_on_an_empty_database(tmp_path: Path) -> None:
     """The serve command creates account and key once; a restart on the same file creates none."""
     from bmserver._cli import ensure_first_key  # noqa: PLC0415 - the step serve runs before listening
 
