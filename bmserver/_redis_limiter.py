@@ -97,7 +97,8 @@ def connect_redis(url: str, *, timeout_s: float = REDIS_TIMEOUT_S) -> redis.asyn
     from redis.backoff import NoBackoff  # noqa: PLC0415
     from redis.retry import Retry  # noqa: PLC0415
 
-    return redis.asyncio.Redis.from_url(
+    # redis-py types from_url's options as **kwargs: Any.
+    return redis.asyncio.Redis.from_url(  # pyright: ignore[reportUnknownMemberType]
         url,
         socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s,
@@ -149,9 +150,18 @@ class RedisLimiter:
 
     async def reset(self) -> None:
         """Forget every key's state in this namespace."""
+        pattern = f"{self._namespace}:*"
         try:
-            async for name in self._client.scan_iter(match=f"{self._namespace}:*", count=1000):
-                await self._client.delete(name)
+            cursor = 0
+            while True:  # SCAN, not KEYS: it does not block Redis for the whole keyspace
+                # redis-py leaves the reply of scan() untyped (a cursor and a list of names).
+                cursor, names = await self._client.scan(  # pyright: ignore[reportUnknownMemberType]
+                    cursor, match=pattern, count=1000
+                )
+                if names:
+                    await self._client.delete(*names)
+                if cursor == 0:
+                    break
         except Exception as error:
             raise LimiterUnavailableError(str(error)) from error
 

@@ -64,12 +64,13 @@ def redis_namespace() -> str:
 def postgres_schema(postgres_url: str) -> Iterator[str]:
     """A fresh PostgreSQL schema of this test's own, dropped afterwards."""
     import psycopg  # noqa: PLC0415 - only the tests that use PostgreSQL need the driver
+    from psycopg import sql  # noqa: PLC0415
 
     name = f"bm_test_{uuid.uuid4().hex}"
     with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f'CREATE SCHEMA "{name}"')
+        connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
     try:
         yield name
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as connection:
-            connection.execute(f'DROP SCHEMA "{name}" CASCADE')
+            connection.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))

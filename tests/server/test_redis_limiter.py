@@ -37,7 +37,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 @pytest.fixture
 def redis_client(redis_url: str, loop: asyncio.AbstractEventLoop) -> Iterator[redis.asyncio.Redis]:
     """A Redis client on the test's loop, closed afterwards."""
-    connection = redis.asyncio.Redis.from_url(redis_url)
+    connection = connect_redis(redis_url)
     try:
         yield connection
     finally:
@@ -97,7 +97,7 @@ def test_instances_with_skewed_clocks_share_one_quota(
     second = RedisLimiter(redis_client, policy, namespace=redis_namespace)
 
     async def burst() -> list[bool]:
-        decisions = []
+        decisions: list[bool] = []
         for index in range(10):
             limiter, skew = (first, 0) if index % 2 else (second, 7200 * NS)
             decisions.append((await limiter.decide("key", 10**9 + skew)).allowed)
