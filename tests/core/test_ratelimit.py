@@ -441,9 +441,9 @@ def test_keyed_limiter_matches_decide_per_key(
     limiter: KeyedLimiter[str] = KeyedLimiter(policy)
     states: dict[str, int | None] = {}
     now = start
-    for key, increment, cost in requests:
+    for key, increment, drawn_cost in requests:
         now += increment
-        cost = min(cost, policy.burst)
+        cost = min(drawn_cost, policy.burst)
         expected, states[key] = decide(states.get(key), now, policy, cost)
         assert limiter.decide(key, now, cost) == expected
 
