@@ -7,9 +7,11 @@ authentication, rate limit, decoding, storage, response.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import re
 import zlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import datetime
@@ -154,6 +156,25 @@ async def _internal_error_handler(request: Request, error: Exception) -> Respons
     )
 
 
+# Anything shaped like a key (the prefix and at least 8 key characters): a client may paste
+# its key into a URL path as easily as into a query string.
+_KEY_SHAPED: Final = re.compile(r"bm_[A-Za-z0-9_-]{8,}")
+_DISPLAYED_KEY_BODY: Final = 8
+
+
+def loggable_path(path: str) -> str:
+    r"""The path as an access log may show it: keys cut to their display prefix, controls escaped.
+
+    >>> loggable_path("/api/backups/bm_n7ukAAAABBBBCCCCDDDDEEEEFFFFGGGGHHHH")
+    '/api/backups/bm_n7ukAAAA...'
+    >>> loggable_path("/api/x\nFAKE LOG LINE")
+    '/api/x\\nFAKE LOG LINE'
+    """
+    cut = _KEY_SHAPED.sub(lambda key: key[0][: 3 + _DISPLAYED_KEY_BODY] + "...", path)
+    # A decoded %0A would otherwise start a forged log line.
+    return cut if cut.isprintable() else cut.encode("unicode_escape").decode("ascii")
+
+
 class AccessLog:
     """One log line per request: method, path without the query, status, key prefix.
 
@@ -178,7 +199,7 @@ class AccessLog:
                 '%s "%s %s" %d key=%s',
                 client[0] if client else "-",
                 scope["method"],
-                scope["path"],
+                loggable_path(scope["path"]),
                 status,
                 scope.get("state", {}).get("key_prefix", "-"),
             )
@@ -215,7 +236,7 @@ class _Ingest:
         return await self._ingest(request, KeyScope.INGEST, _notification_kind)
 
     async def _ingest(self, request: Request, scope: KeyScope, kind: _Kind[ModelT]) -> Response:
-        raw = await _read_body(request, self.settings.max_body_bytes)
+        raw = await _read_body(request, self.settings.max_body_bytes, self.settings.body_timeout_s)
         key = await self.authenticate(request, scope)
         rate_headers = await self._rate_limit(key)
         warnings = _check_content_type(request)
@@ -373,18 +394,33 @@ _notification_kind: Final = _Kind[bmcore.Notification](
 )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, read only up to ``limit`` bytes: a larger one is refused, never buffered."""
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, read only up to ``limit`` bytes and ``timeout_s`` seconds.
+
+    A larger body is refused, never buffered; a body still arriving after ``timeout_s`` gets a
+    408, so that a client trickling its body cannot hold a connection (and a graceful
+    shutdown) for ever.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit, f"Content-Length is {declared}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit, "the body is longer")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit, "the body is longer")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ProblemError(
+            408,
+            "request_timeout",
+            f"the body did not arrive within {timeout_s:g} s ({size} bytes came); send it at "
+            "once, with an accurate Content-Length",
+            headers={"Connection": "close"},
+        ) from None
     return b"".join(chunks)
 
 

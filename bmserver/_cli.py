@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
         help="requests a key may send at once (BM_BURST; %(default)s)",
     )
     serve.add_argument(
+        "--forwarded-allow-ips",
+        default=_env("BM_FORWARDED_ALLOW_IPS", "") or None,
+        metavar="IPS",
+        help="addresses of reverse proxies whose X-Forwarded-For to trust, comma-separated "
+        "(BM_FORWARDED_ALLOW_IPS; default: none, the peer's address is the client's)",
+    )
+    serve.add_argument(
         "--redis",
         default=_env("BM_REDIS_URL", "") or None,
         metavar="URL",
@@ -232,6 +239,8 @@ _SERVE_CONFIG: Final = "BM_SERVE_CONFIG"
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - keep --help and the keys commands fast
 
+    from bmserver._protocol import GuardedH11Protocol  # noqa: PLC0415
+
     problem = _scale_out_problem(args)
     if problem:
         print(f"bmserver serve: {problem}", file=sys.stderr)
@@ -263,6 +272,11 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
         access_log=False,  # bmserver.access logs instead, without query strings or keys
         server_header=False,
+        http=GuardedH11Protocol,  # closes connections whose request head never comes
+        # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default: any local client could
+        # then pick its address and escape the per-address lockout of key guessing.
+        proxy_headers=args.forwarded_allow_ips is not None,
+        forwarded_allow_ips=args.forwarded_allow_ips,
     )
     return 0
 

@@ -173,12 +173,17 @@ def _ingest(summary: str, schema: str, settings: Settings) -> dict[str, Any]:
                 "400": _problem("Invalid JSON or fields; errors lists every field error."),
                 "401": _problem("Missing or invalid API key."),
                 "403": _problem("The key lacks the ingest scope."),
+                "408": _problem("The body did not arrive in time."),
                 "409": _problem("The same job and timestamp hold different content."),
                 "413": _problem("The body is too large."),
                 "415": _problem("The body is not JSON, or its encoding is not supported."),
                 "429": _problem(
                     "Rate limited.",
                     headers={"Retry-After": {"schema": {"type": "integer"}}, **rate},
+                ),
+                "503": _problem(
+                    "The rate limiter cannot be reached and the server is set to fail closed.",
+                    headers={"Retry-After": {"schema": {"type": "integer"}}},
                 ),
             },
         }

@@ -27,6 +27,8 @@ class Settings:
     auth_failure_policy: RatePolicy = DEFAULT_AUTH_FAILURE_POLICY
     #: HMAC secret for key hashes; None stores plain SHA-256 hashes.
     key_secret: bytes | None = attrs.field(default=None, repr=False)
+    #: Seconds a request's body may take to arrive once its headers have: then 408.
+    body_timeout_s: float = 10.0
     #: When the rate limiter's backend (Redis) cannot be reached: "open" admits the request and
     #: logs a warning (nothing a client sends is lost), "closed" answers 503 (quotas hold).
     on_limiter_error: Literal["open", "closed"] = "open"

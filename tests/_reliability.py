@@ -97,13 +97,6 @@ def tally() -> Tally:
     return TALLY
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Declare the marker that the default run deselects."""
-    config.addinivalue_line(
-        "markers", "reliability: the reliability suite (nox -s reliability), not the default run"
-    )
-
-
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test of tests/reliability/ as part of the reliability suite."""
