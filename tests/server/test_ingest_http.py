@@ -271,7 +271,9 @@ def test_openapi_describes_both_ingest_endpoints(client: Client) -> None:
     assert document["openapi"] == "3.1.0"
     for path in (BACKUP, NOTIFICATION):
         responses = document["paths"][path]["post"]["responses"]
-        assert set(responses) == {"200", "201", "400", "401", "403", "409", "413", "415", "429"}
+        assert set(responses) == {
+            *("200", "201", "400", "401", "403", "408", "409", "413", "415", "429", "503")
+        }
     schemas = document["components"]["schemas"]
     assert schemas["BackupEntry"]["required"] == [
         "deviceName",

@@ -278,6 +278,31 @@ async def test_a_long_read_does_not_block_writes(db: Path) -> None:
         assert [item.id for item in await all_backups(store, account.id)] == [written.id]
 
 
+def _busy_on(thread: threading.Thread) -> Callable[[sqlite3.Connection], tuple[int]]:
+    """A read that finds the file locked when run on ``thread``, and reads 1 elsewhere."""
+
+    def run(connection: sqlite3.Connection) -> tuple[int]:
+        if threading.current_thread() is thread:
+            busy = sqlite3.OperationalError("database is locked")
+            busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
+            raise busy
+        (one,) = connection.execute("SELECT 1").fetchone()
+        return (int(one),)
+
+    return run
+
+
+@run_async
+async def test_a_quick_read_that_would_wait_moves_to_a_worker_thread(db: Path) -> None:
+    """The key lookup runs on the loop's thread; a locked file sends it to a worker thread."""
+    async with SqliteStore(db) as store:
+        # No public call can make a WAL reader find the file locked: the read is called directly.
+        quick_read = store._read_quick  # pyright: ignore[reportPrivateUsage]
+        assert await quick_read(_busy_on(threading.current_thread())) == (1,)
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            await quick_read(lambda connection: connection.execute("SELECT * FROM no_table"))
+
+
 @run_async
 async def test_paths_that_need_quoting_in_a_uri(tmp_path: Path) -> None:
     """Readers open the file by URI: spaces, '#', '?' and '%' in the path must not matter."""
@@ -298,6 +323,8 @@ async def test_closed_store_refuses_work_and_can_reopen(db: Path) -> None:
     store = SqliteStore(db)
     with pytest.raises(StoreError, match="not open"):
         await store.count_accounts()
+    with pytest.raises(StoreError, match="not open"):
+        await store.find_api_key("sha256:aa")  # read on the caller's thread, not a worker's
     with pytest.raises(StoreError, match="not open"):
         await store.create_account("acme", now=NOW)
     await store.open()
