@@ -123,9 +123,11 @@ class RunningServer:
         return str(key)
 
 
-def serve(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
-    """Start uvicorn on 127.0.0.1, port 0, and wait until it listens."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+def serve(app: Any, **options: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
+    """Start uvicorn on 127.0.0.1, port 0, and wait until it listens; ``options`` go to Config."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
