@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,7 +30,7 @@ import bmcore
 from bmserver._clock import Clock
 from bmserver._limiter import Limiter, LimiterUnavailableError, MemoryLimiter
 from bmserver._openapi import openapi_document
-from bmserver._problems import ProblemError, problem_response
+from bmserver._problems import AsciiJSONResponse, ProblemError, problem_response
 from bmserver._reads import ReadSide
 from bmserver._settings import Settings
 from bmserver._store import ApiKeyRecord, ConflictError, Store, WriteResult
@@ -89,12 +89,12 @@ def create_app(
                 await ingest.auth_failures.close()
 
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return AsciiJSONResponse({"status": "ok"})
 
     document = openapi_document(settings)
 
     async def openapi(_: Request) -> Response:
-        return JSONResponse(document)
+        return AsciiJSONResponse(document)
 
     routes = [
         Route("/api/ingest/backup", ingest.backup, methods=["POST"]),
@@ -262,7 +262,9 @@ class _Ingest:
             ) from None
         payload = _created_body(kind.name, decoded, result, warnings)
         headers = {**rate_headers, "Location": f"/api/{kind.name}s/{result.id}"}
-        return JSONResponse(payload, status_code=200 if result.duplicate else 201, headers=headers)
+        return AsciiJSONResponse(
+            payload, status_code=200 if result.duplicate else 201, headers=headers
+        )
 
     async def authenticate(self, request: Request, scope: KeyScope) -> ApiKeyRecord:
         """The key record of the request's X-Api-Key, or a 401/403/429 problem."""

@@ -204,6 +204,39 @@ def _listing(summary: str, parameters: list[str]) -> dict[str, Any]:
                 "400": _problem("Invalid query parameters."),
                 "401": _problem("Missing or invalid API key."),
                 "403": _problem("The key lacks the read scope."),
+                "429": _RATE_LIMITED_ADDRESS,
+            },
+        }
+    }
+
+
+_RATE_LIMITED_ADDRESS: Final = _problem(
+    "Too many failed authentications from this address.",
+    headers={"Retry-After": {"schema": {"type": "integer"}}},
+)
+
+
+def _item(summary: str, schema: str) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "security": [{"apiKey": []}],
+            "parameters": [
+                {
+                    "name": "entry_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[a-z]+_[0-9a-f]{16}$"},
+                }
+            ],
+            "responses": {
+                "200": {
+                    "description": f"The stored {schema}, with its id and matched device and job."
+                },
+                "401": _problem("Missing or invalid API key."),
+                "403": _problem("The key lacks the read scope."),
+                "404": _problem("No entry of the key's account has this id."),
+                "429": _RATE_LIMITED_ADDRESS,
             },
         }
     }
@@ -222,6 +255,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/api/jobs": _listing("List jobs with their latest entry", ["deviceName"]),
             "/api/backups": _listing("List backups", [*filters, "outcome", "status"]),
             "/api/notifications": _listing("List notifications", [*filters, "severity", "type"]),
+            "/api/backups/{entry_id}": _item("Get one backup", "backup"),
+            "/api/notifications/{entry_id}": _item("Get one notification", "notification"),
             "/healthz": {"get": {"summary": "Health", "responses": {"200": {"description": "OK"}}}},
         },
         "components": {

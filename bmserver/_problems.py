@@ -7,11 +7,11 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 import attrs
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from bmcore import FieldError
 
-__all__ = ["PROBLEM_CONTENT_TYPE", "ProblemError", "problem_response"]
+__all__ = ["PROBLEM_CONTENT_TYPE", "AsciiJSONResponse", "ProblemError", "problem_response"]
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 
@@ -30,7 +30,15 @@ _TITLES: Final = {
     "invalid_query": "The query parameters are not valid",
     "internal_error": "The server failed",
     "service_unavailable": "The service is not available",
+    "request_timeout": "The body did not arrive in time",
+    "rate_limiter_unavailable": "The rate limiter cannot be reached",
+    "malformed_http": "The request is not valid HTTP",
 }
+
+
+def problem_title(code: str) -> str:
+    """The human title of a problem code."""
+    return _TITLES.get(code, code)
 
 
 def problem_type(code: str) -> str:
@@ -61,7 +69,9 @@ def problem_response(
     if extra:
         body.update(extra)
     return Response(
-        json.dumps(body, ensure_ascii=False).encode("utf-8"),
+        # ensure_ascii: a detail may quote what the client sent, lone surrogates included,
+        # which UTF-8 cannot encode; escaped, every string is valid JSON.
+        json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii"),
         status_code=status,
         headers=dict(headers or {}),
         media_type=PROBLEM_CONTENT_TYPE,
@@ -89,3 +99,17 @@ class ProblemError(Exception):
             headers=self.headers,
             extra=self.extra,
         )
+
+
+class AsciiJSONResponse(JSONResponse):
+    r"""JSON with non-ASCII characters escaped: a response can then never fail to encode.
+
+    Starlette's JSONResponse writes UTF-8, which cannot hold a lone surrogate; a client can
+    send one (an escaped ``"\ud800"``) in an unknown field name that the answer echoes.
+    """
+
+    def render(self, content: object) -> bytes:
+        """``content`` as compact ASCII JSON; NaN and infinities are refused like Starlette."""
+        return json.dumps(
+            content, ensure_ascii=True, allow_nan=False, separators=(",", ":")
+        ).encode("ascii")

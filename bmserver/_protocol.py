@@ -15,10 +15,13 @@ against the uvicorn that is installed.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Final, cast
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from bmserver._problems import PROBLEM_CONTENT_TYPE, problem_title, problem_type
 
 __all__ = ["HEAD_TIMEOUT_S", "GuardedH11Protocol"]
 
@@ -53,6 +56,34 @@ class GuardedH11Protocol(H11Protocol):
         """No deadline outlives its connection."""
         self._disarm_head_deadline()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse: answered as every other error, with problem+json.
+
+        uvicorn's own answer is text/plain; a client handling bm-ingest's problems should not
+        have to handle a second format for malformed HTTP.
+        """
+        body = json.dumps(
+            {
+                "type": problem_type("malformed_http"),
+                "title": problem_title("malformed_http"),
+                "status": 400,
+                "detail": f"the request is not valid HTTP/1.1 ({msg}); check the client",
+                "code": "malformed_http",
+            }
+        ).encode("ascii")
+        headers = [
+            (b"content-type", PROBLEM_CONTENT_TYPE.encode("ascii")),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
 
     def _arm_head_deadline(self) -> None:
         self._disarm_head_deadline()

@@ -8,10 +8,10 @@ from typing import Final, TypeVar
 
 import attrs
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 import bmcore
-from bmserver._problems import ProblemError
+from bmserver._problems import AsciiJSONResponse, ProblemError
 from bmserver._settings import Settings
 from bmserver._store import (
     ApiKeyRecord,
@@ -98,7 +98,7 @@ class ReadSide:
         found = await self.store.get_backup(key.account_id, entry_id)
         if found is None:
             raise _no_entry("backup", entry_id)
-        return JSONResponse(_backup_json(found))
+        return AsciiJSONResponse(_backup_json(found))
 
     async def notification(self, request: Request) -> Response:
         """GET /api/notifications/{id}."""
@@ -107,7 +107,7 @@ class ReadSide:
         found = await self.store.get_notification(key.account_id, entry_id)
         if found is None:
             raise _no_entry("notification", entry_id)
-        return JSONResponse(_notification_json(found))
+        return AsciiJSONResponse(_notification_json(found))
 
     async def notifications(self, request: Request) -> Response:
         """GET /api/notifications, newest first, with filters."""
@@ -152,6 +152,9 @@ async def _paged(listing: Awaitable[Page[T]]) -> Page[T]:
         ) from None
 
 
+_MAX_LIMIT_DIGITS = 9
+
+
 class _Params:
     """Query parameters, checked one by one; every problem is reported at once by done()."""
 
@@ -172,15 +175,23 @@ class _Params:
         limit = self._settings.default_page_size
         raw = self._query.get("limit")
         if raw is not None:
-            if raw.isdigit() and 1 <= int(raw) <= self._settings.max_page_size:
+            # isascii: str.isdigit() accepts "²" and other digits that int() refuses; the
+            # length: int() refuses more than 4300 digits, and no page is that large anyway.
+            if (
+                raw.isascii()
+                and raw.isdigit()
+                and len(raw) <= _MAX_LIMIT_DIGITS
+                and 1 <= int(raw) <= self._settings.max_page_size
+            ):
                 limit = int(raw)
             else:
+                shown = raw if len(raw) <= _MAX_LIMIT_DIGITS else raw[:_MAX_LIMIT_DIGITS] + "..."
                 self.errors.append(
                     bmcore.FieldError(
                         field="limit",
                         code="invalid_limit",
                         message=f"limit must be a whole number from 1 to "
-                        f"{self._settings.max_page_size}, got {raw!r}",
+                        f"{self._settings.max_page_size}, got {shown!r}",
                     )
                 )
         return limit, self._query.get("cursor") or None
@@ -227,7 +238,7 @@ class _Params:
 
 
 def _page_response(page: Page[T], to_json: Callable[[T], dict[str, object]]) -> Response:
-    return JSONResponse(
+    return AsciiJSONResponse(
         {"items": [to_json(item) for item in page.items], "nextCursor": page.next_cursor}
     )
 
