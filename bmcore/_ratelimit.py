@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Hashable
-from typing import Final, Generic, NamedTuple, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Final, Generic, NamedTuple, TypeVar, cast
 
 import attrs
 
@@ -93,7 +93,11 @@ class Decision(NamedTuple):
 
 
 # A NamedTuple's own constructor is a Python function; tuple.__new__ builds it in half the time.
-_new_decision: Final = tuple.__new__
+# (typeshed types tuple.__new__ with an unsolved type variable; the cast states what it does.)
+_new_decision: Final = cast(
+    "Callable[[type[Decision], tuple[bool, int, int, int]], Decision]",
+    tuple.__new__,  # pyright: ignore[reportUnknownMemberType]
+)
 
 
 def _ceil_s(ns: int) -> int:
