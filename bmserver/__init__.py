@@ -12,8 +12,11 @@ Build an app with everything it needs passed in::
         clock=SystemClock(),
     )
 
-or run ``bmserver serve`` (see ``bmserver --help``).
+or run ``bmserver serve`` (see ``bmserver --help``). ``PostgresStore``, for several instances
+on one PostgreSQL database, needs the ``scale`` extra (psycopg); it is imported on first use.
 """
+
+from typing import TYPE_CHECKING
 
 from bmserver._app import create_app, rate_limit_headers
 from bmserver._clock import Clock, ManualClock, SystemClock
@@ -47,6 +50,9 @@ from bmserver._store import (
     WriteResult,
 )
 
+if TYPE_CHECKING:
+    from bmserver._postgres import PostgresStore
+
 __all__ = [
     "DEFAULT_AUTH_FAILURE_POLICY",
     "DEFAULT_RATE_POLICY",
@@ -66,6 +72,7 @@ __all__ = [
     "MemoryStore",
     "NotificationQuery",
     "Page",
+    "PostgresStore",
     "ProblemError",
     "Scope",
     "Settings",
@@ -81,3 +88,15 @@ __all__ = [
     "issue_api_key",
     "rate_limit_headers",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import PostgresStore on first use: psycopg is an optional extra (``bm-ingest[scale]``)."""
+    if name == "PostgresStore":
+        try:
+            from bmserver._postgres import PostgresStore  # noqa: PLC0415 - psycopg when used
+        except ImportError as error:
+            msg = f"{error}; PostgresStore needs the scale extra: pip install 'bm-ingest[scale]'"
+            raise ImportError(msg, name=error.name) from error
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

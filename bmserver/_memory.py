@@ -2,12 +2,12 @@
 
 :class:`MemoryStore` backs the tests and the ``bm_fake_ingest`` fixture. It is the reference
 implementation of the :class:`~bmserver.Store` contract: ``tests/server/test_store_contract.py``
-runs one suite against it and against :class:`~bmserver.SqliteStore`, and a hypothesis test
-checks that the same writes give the same answers and the same listings in both.
+runs one suite against it, :class:`~bmserver.SqliteStore` and ``PostgresStore``, and hypothesis
+tests check that the same writes give the same answers and the same listings in each.
 
 The helpers below (ids, timestamps split into UTC microseconds and an offset, content hashes,
-the idempotency facts of an entry, cursors, filters on time) are used by both stores, so that
-the two cannot drift apart on what "the same entry" or "the next page" means.
+the idempotency facts of an entry, cursors, filters on time) are used by every store, so that
+they cannot drift apart on what "the same entry" or "the next page" means.
 """
 
 from __future__ import annotations

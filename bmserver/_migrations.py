@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, LiteralString
 
 import attrs
 
 from bmserver._store import StoreError
 
-__all__ = ["MIGRATIONS", "Migration", "apply_migrations", "schema_version"]
+__all__ = ["MIGRATIONS", "Migration", "apply_migrations", "check_versions", "schema_version"]
 
 
 @attrs.frozen(kw_only=True)
@@ -32,7 +32,8 @@ class Migration:
 
     version: int
     description: str
-    statements: tuple[str, ...]
+    #: Literal SQL only (never text built from values): psycopg's execute() insists on it.
+    statements: tuple[LiteralString, ...]
 
 
 _SCHEMA: Final = Migration(
@@ -161,6 +162,19 @@ _READ_INDEXES: Final = Migration(
 MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA, _READ_INDEXES)
 
 
+def check_versions(migrations: Sequence[Migration]) -> None:
+    """Refuse a list whose versions are not 1, 2, 3, ... in order (ValueError), before any runs.
+
+    Shared with the PostgreSQL migrations (:mod:`bmserver._postgres_migrations`).
+    """
+    for index, migration in enumerate(migrations, start=1):
+        if migration.version != index:
+            msg = (
+                f"migration {migration.description!r} has version {migration.version}, not {index}"
+            )
+            raise ValueError(msg)
+
+
 def schema_version(connection: sqlite3.Connection) -> int:
     """The version a database is at: the number of migrations applied to it."""
     (version,) = connection.execute("PRAGMA user_version").fetchone()
@@ -176,12 +190,7 @@ def apply_migrations(
     open. A database at a version newer than the last migration is refused with
     :class:`StoreError`: this code does not know its schema.
     """
-    for index, migration in enumerate(migrations, start=1):
-        if migration.version != index:
-            msg = (
-                f"migration {migration.description!r} has version {migration.version}, not {index}"
-            )
-            raise ValueError(msg)
+    check_versions(migrations)
     latest = len(migrations)
     version = schema_version(connection)
     if version > latest:

@@ -1,8 +1,10 @@
-"""The Store contract: one suite, run against MemoryStore and SqliteStore alike.
+"""The Store contract: one suite, run against MemoryStore, SqliteStore and PostgresStore alike.
 
-Every test gets a fresh, opened store of each kind (``store``) and an account in it. At the end,
-a hypothesis test replays the same random writes on both stores and compares every answer and
-every listing, and a few tests cover what only MemoryStore has (``reset``, ``clear``, threads).
+Every test gets a fresh, opened store of each kind (``store``) and an account in it; the
+PostgreSQL one gets a schema of its own, and is skipped when no PostgreSQL is reachable. At the
+end, hypothesis tests replay the same random writes on MemoryStore and on each other store and
+compare every answer and every listing, and a few tests cover what only MemoryStore has
+(``reset``, ``clear``, threads).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 import attrs
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bmcore
@@ -50,34 +52,69 @@ T = TypeVar("T")
 NOW = datetime(2024, 6, 4, 12, 5, tzinfo=UTC)
 
 
+class _LoopOfTest:
+    """The event loop of the running test, shared with its fixtures (see :func:`loop_runner`)."""
+
+    runner: asyncio.Runner | None = None
+
+
 def run_async(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
-    """Run an async test function in a fresh event loop (no pytest async plugin needed)."""
+    """Run an async test function in the test's event loop (no pytest async plugin needed)."""
 
     @functools.wraps(test)
     def run(*args: P.args, **kwargs: P.kwargs) -> None:
-        asyncio.run(test(*args, **kwargs))
+        runner = _LoopOfTest.runner
+        if runner is None:
+            asyncio.run(test(*args, **kwargs))
+        else:
+            runner.run(test(*args, **kwargs))
 
     return run
 
 
-def make_store(kind: str, directory: Path) -> MemoryStore | SqliteStore:
-    """A new, unopened store of the given kind."""
-    return MemoryStore() if kind == "memory" else SqliteStore(directory / "bm.sqlite3")
+@pytest.fixture(autouse=True)
+def loop_runner() -> Iterator[asyncio.Runner]:
+    """One event loop for each test and its fixtures.
+
+    A PostgresStore's connection pool belongs to the loop that opened it: the fixture that
+    opens the store, the test that uses it and the fixture that closes it must share one loop
+    (an ``asyncio.run`` each would give each one its own).
+    """
+    with asyncio.Runner() as runner:
+        _LoopOfTest.runner = runner
+        try:
+            yield runner
+        finally:
+            _LoopOfTest.runner = None
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+def make_store(request: pytest.FixtureRequest, kind: str, directory: Path) -> Store:
+    """A new, unopened store of the given kind (PostgreSQL: in the test's own schema)."""
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SqliteStore(directory / "bm.sqlite3")
+    from bmserver._postgres import PostgresStore  # noqa: PLC0415 - psycopg is an optional extra
+
+    url: str = request.getfixturevalue("postgres_url")
+    return PostgresStore(url, schema=request.getfixturevalue("postgres_schema"))
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, loop_runner: asyncio.Runner
+) -> Iterator[Store]:
     """An opened store of each kind, closed after the test."""
-    opened = make_store(str(request.param), tmp_path)
-    asyncio.run(opened.open())
+    opened = make_store(request, str(request.param), tmp_path)
+    loop_runner.run(opened.open())
     yield opened
-    asyncio.run(opened.close())
+    loop_runner.run(opened.close())
 
 
 @pytest.fixture
-def account(store: Store) -> Account:
+def account(store: Store, loop_runner: asyncio.Runner) -> Account:
     """An account in the store."""
-    return asyncio.run(store.create_account("acme", now=NOW))
+    return loop_runner.run(store.create_account("acme", now=NOW))
 
 
 def at(text: str) -> datetime:
@@ -843,6 +880,16 @@ async def test_invalid_cursors_are_refused(store: Store, account: Account) -> No
                 await fetch(cursor)
 
 
+@run_async
+async def test_cursors_beyond_any_time(store: Store, account: Account) -> None:
+    """A well-formed cursor past year 9999 continues from the top; one before year 1 ends."""
+    await store.add_backup(account.id, backup(), now=NOW)
+    await store.add_notification(account.id, notification(), now=NOW)
+    for kind, fetch in _lists(store, account.id).items():
+        assert len((await fetch(encode_cursor(kind, (2**62, 0)))).items) == 1
+        assert (await fetch(encode_cursor(kind, (-(2**62), 0)))).items == []
+
+
 def test_cursor_round_trip() -> None:
     """decode_cursor inverts encode_cursor, negative times included."""
     for key in ((0, 0), (-(2**63), 2**63 - 1), (1_717_502_400_000_000, 42)):
@@ -952,9 +999,10 @@ def _canonical(value: object, names: dict[str, str]) -> object:
     return value
 
 
-async def _replay(store: MemoryStore | SqliteStore, script: list[_Operation]) -> object:
+async def _replay(store: Store, script: list[_Operation]) -> object:
     """Run a script of writes, then list everything; the transcript in canonical form."""
-    async with store:
+    await store.open()
+    try:
         accounts = [await store.create_account(name, now=NOW) for name in ("a", "b")]
         transcript: list[object] = [accounts]
         for index, entry, now in script:
@@ -968,6 +1016,8 @@ async def _replay(store: MemoryStore | SqliteStore, script: list[_Operation]) ->
                 transcript.append(("conflict", conflict.existing_id))
         for owner in accounts:
             transcript.extend([await walk(fetch) for fetch in _lists(store, owner.id, 3).values()])
+    finally:
+        await store.close()
     return _canonical(transcript, {})
 
 
@@ -977,6 +1027,31 @@ def test_both_stores_answer_alike(script: list[_Operation]) -> None:
     expected = asyncio.run(_replay(MemoryStore(), script))
     with tempfile.TemporaryDirectory() as directory:
         actual = asyncio.run(_replay(SqliteStore(Path(directory) / "bm.sqlite3"), script))
+    assert actual == expected
+
+
+# The schema is the test's, emptied after each example: creating one per example would cost
+# more than the example.
+# At most 200 examples even in the ci profile: each is a few dozen round trips to PostgreSQL,
+# and CI runs the suite on three Pythons.
+@settings(
+    max_examples=min(200, settings().max_examples),
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(script=_scripts)
+def test_postgres_answers_like_memory(
+    postgres_url: str, postgres_schema: str, script: list[_Operation]
+) -> None:
+    """The same writes give the same answers and listings in MemoryStore and PostgreSQL."""
+    from _postgres_tables import empty_schema  # noqa: PLC0415 - psycopg is an optional extra
+
+    from bmserver._postgres import PostgresStore  # noqa: PLC0415
+
+    expected = asyncio.run(_replay(MemoryStore(), script))
+    try:
+        actual = asyncio.run(_replay(PostgresStore(postgres_url, schema=postgres_schema), script))
+    finally:
+        empty_schema(postgres_url, postgres_schema)
     assert actual == expected
 
 
