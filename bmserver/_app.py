@@ -33,7 +33,7 @@ from bmserver._openapi import openapi_document
 from bmserver._problems import AsciiJSONResponse, ProblemError, problem_response
 from bmserver._reads import ReadSide
 from bmserver._settings import Settings
-from bmserver._store import ApiKeyRecord, ConflictError, Store, WriteResult
+from bmserver._store import ApiKeyRecord, ConflictError, Store, StoreError, WriteResult
 from bmserver._store import Scope as KeyScope
 
 __all__ = ["create_app", "rate_limit_headers"]
@@ -116,6 +116,7 @@ def create_app(
             ProblemError: _problem_handler,
             HTTPException: _http_exception_handler,
             ClientDisconnect: _client_disconnect_handler,
+            StoreError: _store_error_handler,
             Exception: _internal_error_handler,
         },
     )
@@ -149,10 +150,32 @@ async def _client_disconnect_handler(_: Request, __: Exception) -> Response:
     return Response(status_code=400)
 
 
-async def _internal_error_handler(request: Request, error: Exception) -> Response:
-    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
+async def _store_error_handler(request: Request, error: Exception) -> Response:
+    # The database failed (PostgreSQL down, a SQLite file locked too long): the entry was not
+    # committed, and a retry may well succeed.
+    log.error("storage failed on %s %s: %s", request.method, loggable_path(request.url.path), error)
     return problem_response(
-        500, "internal_error", "the server failed to handle this request; nothing was stored"
+        503,
+        "storage_unavailable",
+        "the database could not be reached or did not commit; nothing was acknowledged, send "
+        "the request again",
+        headers={"Retry-After": str(_STORAGE_RETRY_AFTER_S)},
+    )
+
+
+#: How long a client is told to wait when the database failed.
+_STORAGE_RETRY_AFTER_S: Final = 5
+
+
+async def _internal_error_handler(request: Request, error: Exception) -> Response:
+    log.error(
+        "unexpected error on %s %s", request.method, loggable_path(request.url.path), exc_info=error
+    )
+    return problem_response(
+        500,
+        "internal_error",
+        "the server failed to handle this request; send it again (a repeated entry is answered "
+        "200 and never stored twice)",
     )
 
 

@@ -182,7 +182,8 @@ def _ingest(summary: str, schema: str, settings: Settings) -> dict[str, Any]:
                     headers={"Retry-After": {"schema": {"type": "integer"}}, **rate},
                 ),
                 "503": _problem(
-                    "The rate limiter cannot be reached and the server is set to fail closed.",
+                    "The database failed, or the rate limiter cannot be reached and the server "
+                    "is set to fail closed; retry after Retry-After.",
                     headers={"Retry-After": {"schema": {"type": "integer"}}},
                 ),
             },

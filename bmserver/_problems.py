@@ -33,6 +33,7 @@ _TITLES: Final = {
     "request_timeout": "The body did not arrive in time",
     "rate_limiter_unavailable": "The rate limiter cannot be reached",
     "malformed_http": "The request is not valid HTTP",
+    "storage_unavailable": "The database is not available",
 }
 
 
