@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Final, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from bench._report import Figure, Goal
 
@@ -173,11 +174,123 @@ def run(*, smoke: bool) -> list[Figure]:
                 wrk, bare, folder, created_plan, refused_plan
             )
             limited = _measure_spent_quota(wrk, bare, folder, refused_plan)
+        scale_out = _measure_scale_out(wrk, folder, created_plan)
     return [
         *_created_figures(created, rows),
         _refused_figure(_INVALID, invalid),
         _refused_figure(_LIMITED, limited),
+        *scale_out,
     ]
+
+
+# --- scale-out: two workers on PostgreSQL + Redis beside one worker on SQLite -------------------
+
+#: Where the scale-out figure finds its services (this machine's, unless told otherwise).
+_POSTGRES_URL: Final = os.environ.get(
+    "BM_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+_REDIS_URL: Final = os.environ.get("BM_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+_SCALE_OUT_WORKERS: Final = 2
+
+
+def _measure_scale_out(wrk: str, folder: Path, plan: _Plan) -> list[Figure]:
+    """Valid backups to two workers on PostgreSQL + Redis and to one worker on SQLite, in turn.
+
+    No figure (a printed note instead) when PostgreSQL or Redis cannot be reached.
+    """
+    missing = [url for url in (_POSTGRES_URL, _REDIS_URL) if not _reachable(url)]
+    if missing:
+        print(f"# scale-out figure skipped: cannot reach {', '.join(missing)}", flush=True)
+        return []
+    sqlite_database = folder / "single.sqlite3"
+    sqlite_key = _create_key(sqlite_database)
+    with _postgres_database(_POSTGRES_URL) as postgres_url:
+        postgres_key = _create_key(postgres_url)
+        pair_command = _bmserver_command(
+            postgres_url,
+            _UNLIMITED,
+            *("--workers", str(_SCALE_OUT_WORKERS), "--redis", _REDIS_URL),
+            *("--redis-prefix", f"bm-bench-{uuid.uuid4().hex}"),
+        )
+        single_runs: list[_WrkRun] = []
+        pair_runs: list[_WrkRun] = []
+        with (
+            _serving(
+                "sqlite-1-worker", _bmserver_command(sqlite_database, _UNLIMITED), folder
+            ) as single,
+            _serving("postgres-2-workers", pair_command, folder) as pair,
+        ):
+            _check_answer(single, sqlite_key, _CREATED)
+            _check_answer(pair, postgres_key, _CREATED)
+            if plan.warmup_s:
+                _checked(_wrk(wrk, pair, postgres_key, "valid", plan.warmup_s), pair, 201)
+            for _ in range(plan.rounds):
+                single_runs.append(
+                    _checked(_wrk(wrk, single, sqlite_key, "valid", plan.seconds), single, 201)
+                )
+                pair_runs.append(
+                    _checked(_wrk(wrk, pair, postgres_key, "valid", plan.seconds), pair, 201)
+                )
+        acknowledged = sum(run.acknowledged for run in pair_runs)
+        rows = _count_postgres_backups(postgres_url)
+    if rows < acknowledged:
+        raise RuntimeError(f"PostgreSQL holds {rows} backups, {acknowledged} were acknowledged")
+    best_pair = max(pair_runs, key=lambda run: run.per_second)
+    best_single = max(single_runs, key=lambda run: run.per_second)
+    return [
+        Figure(
+            NAME,
+            f"201 created: {_SCALE_OUT_WORKERS} workers on PostgreSQL + Redis, requests/s",
+            best_pair.per_second,
+            "req/s",
+            "1 worker on SQLite",
+            best_single.per_second,
+            details={
+                "postgres_rows": rows,
+                "p50_ms": _ms(best_pair.p50_us),
+                "p99_ms": _ms(best_pair.p99_us),
+                "sqlite_p50_ms": _ms(best_single.p50_us),
+                "sqlite_p99_ms": _ms(best_single.p99_us),
+                "rounds": _rounds(pair_runs),
+                "sqlite_rounds": _rounds(single_runs),
+            },
+        )
+    ]
+
+
+def _reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or HOST, parts.port or 0), 2):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _postgres_database(server_url: str) -> Generator[str]:
+    """A new database on the server at ``server_url``, dropped afterwards; yields its URL."""
+    import psycopg  # noqa: PLC0415 - only this figure needs the driver
+    from psycopg import sql  # noqa: PLC0415
+
+    name = f"bm_bench_{uuid.uuid4().hex}"
+    with psycopg.connect(server_url, autocommit=True) as connection:
+        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as connection:
+            connection.execute(
+                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def _count_postgres_backups(url: str) -> int:
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(url) as connection:
+        row = connection.execute("SELECT count(*) FROM backups").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _measure_main_server(
@@ -345,11 +458,11 @@ def _bare_command(port: int) -> list[str]:
     return [sys.executable, "-m", "bench._bare_app", "--port", str(port)]
 
 
-def _bmserver_command(database: Path, quota: Sequence[str]) -> _Command:
+def _bmserver_command(database: Path | str, quota: Sequence[str], *extra: str) -> _Command:
     def command(port: int) -> list[str]:
         return [
             *(sys.executable, "-m", "bmserver", "serve", "--database", str(database)),
-            *("--host", HOST, "--port", str(port), *quota),
+            *("--host", HOST, "--port", str(port), *quota, *extra),
         ]
 
     return command
@@ -360,7 +473,7 @@ def _environment() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if not name.startswith("BM_")}
 
 
-def _create_key(database: Path) -> str:
+def _create_key(database: Path | str) -> str:
     """Create an account and an ingest key in a new database; `keys create` prints the key."""
     completed = subprocess.run(
         [
