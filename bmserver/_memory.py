@@ -185,29 +185,40 @@ def check_limit(limit: int) -> None:
         raise ValueError(msg)
 
 
-_CURSOR: Final = re.compile(r"(?P<kind>[a-z]+):(?P<primary>-?[0-9]{1,19}):(?P<seq>[0-9]{1,19})")
+# Cursors are versioned: "v2" holds a place (time, rank). The first version, untagged, held
+# (time, seq), a sequence shared by every account; such a cursor no longer matches, so it is an
+# InvalidCursorError (400), never misread as a place.
+_CURSOR: Final = re.compile(r"v2:(?P<kind>[a-z]+):(?P<time>-?[0-9]{1,19}):(?P<rank>[0-9]{1,19})")
 _INT64: Final = range(-(2**63), 2**63)
 # A real cursor is about 40 characters; anything much longer is not ours, decode nothing.
 _MAX_CURSOR_LENGTH: Final = 100
 
 
-def encode_cursor(kind: str, key: tuple[int, int]) -> str:
-    """The opaque cursor after the item with sort ``key`` in the list ``kind``.
+def encode_cursor(kind: str, place: tuple[int, int]) -> str:
+    """The opaque cursor after the item at ``place`` in one account's list ``kind``.
 
-    A list's sort key is (timestamp or creation time in UTC microseconds, insertion sequence),
-    unique and in the list's order. The cursor is that key, tagged with the list it belongs
-    to, in unpadded base64url: opaque to clients, safe in a URL.
+    A list is ordered by (timestamp or creation time in UTC microseconds, insertion order),
+    newest first. An item's place is (its time, its rank): the rank counts, from 1 in order of
+    insertion, the items of the same account in that list with exactly that time, the item
+    included. The place is unique within the account and ordered like the items, and it is made
+    of the account's own data only: a store's insertion sequence is shared by every account, so
+    a cursor holding it would tell an account how much the others wrote in between (the reason
+    ids are random, see :func:`new_id`). The cursor is the place, tagged with the cursor's
+    version and the list, in unpadded base64url: opaque to clients, safe in a URL.
     """
-    primary, seq = key
-    raw = f"{kind}:{primary:d}:{seq:d}".encode("ascii")
+    utc_us, rank = place
+    raw = f"v2:{kind}:{utc_us:d}:{rank:d}".encode("ascii")
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def decode_cursor(kind: str, cursor: str) -> tuple[int, int]:
-    """The sort key of a cursor of the list ``kind``; InvalidCursorError for anything else.
+    """The place of a cursor of the list ``kind``; InvalidCursorError for anything else.
 
     Only the exact text :func:`encode_cursor` produces is accepted, so that a cursor has one
-    spelling, and a cursor of another list (devices given to backups) is refused.
+    spelling, and a cursor of another list (devices given to backups) or of the previous format
+    is refused. A place needs no item to be there: the next page is whatever of the caller's own
+    list comes after it, so a cursor of another account is just a place in the caller's list,
+    and its answer depends on nothing but the caller's data and the cursor's own text.
     """
     invalid = InvalidCursorError(f"not a cursor of this list: {cursor[:_MAX_CURSOR_LENGTH]!r}")
     if len(cursor) > _MAX_CURSOR_LENGTH:
@@ -220,11 +231,11 @@ def decode_cursor(kind: str, cursor: str) -> tuple[int, int]:
     match = _CURSOR.fullmatch(raw)
     if match is None or match["kind"] != kind:
         raise invalid
-    key = int(match["primary"]), int(match["seq"])
+    place = int(match["time"]), int(match["rank"])
     # int64 only (what SQLite can bind), and one spelling only ("-0", "007" are refused).
-    if key[0] not in _INT64 or key[1] not in _INT64 or encode_cursor(kind, key) != cursor:
+    if place[0] not in _INT64 or place[1] not in _INT64 or encode_cursor(kind, place) != cursor:
         raise invalid
-    return key
+    return place
 
 
 # --- the in-memory store ----------------------------------------------------------------------
@@ -239,22 +250,42 @@ class _Row(Generic[R]):
     content_hash: bytes = b""
 
 
-def _page(rows: Iterable[_Row[R]], kind: str, limit: int, after: tuple[int, int] | None) -> Page[R]:
-    # Keyset pagination, newest first: everything strictly after the cursor's key.
+def _ranked(rows: Iterable[_Row[R]]) -> list[tuple[tuple[int, int], _Row[R]]]:
+    """One account's rows of one list with their places (time, rank among equal times).
+
+    Ranked over all of the account's rows, before any filter, as the SQL stores count them, so
+    that a place means the same in every store and in every filtered view of the list.
+    """
+    ranked: list[tuple[tuple[int, int], _Row[R]]] = []
+    for row in sorted(rows, key=lambda row: row.key):
+        tied = bool(ranked) and ranked[-1][0][0] == row.key[0]
+        rank = ranked[-1][0][1] + 1 if tied else 1
+        ranked.append(((row.key[0], rank), row))
+    return ranked
+
+
+def _page(
+    ranked: Iterable[tuple[tuple[int, int], _Row[R]]],
+    kind: str,
+    limit: int,
+    after: tuple[int, int] | None,
+) -> Page[R]:
+    # Keyset pagination, newest first: everything strictly after the cursor's place. Within
+    # one account, places are in the same order as the sort keys (time, seq).
     candidates = sorted(
-        (row for row in rows if after is None or row.key < after),
-        key=lambda row: row.key,
+        (item for item in ranked if after is None or item[0] < after),
+        key=lambda item: item[0],
         reverse=True,
     )
     items = candidates[:limit]
     more = len(candidates) > limit
     return Page(
-        items=[row.record for row in items],
-        next_cursor=encode_cursor(kind, items[-1].key) if more else None,
+        items=[row.record for _, row in items],
+        next_cursor=encode_cursor(kind, items[-1][0]) if more else None,
     )
 
 
-def _cursor_key(kind: str, limit: int, cursor: str | None) -> tuple[int, int] | None:
+def _cursor_place(kind: str, limit: int, cursor: str | None) -> tuple[int, int] | None:
     check_limit(limit)
     return None if cursor is None else decode_cursor(kind, cursor)
 
@@ -273,7 +304,8 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # One sequence for every table: only the order within one table matters.
+        # One sequence for every table: only the order within one table matters. Shared by
+        # every account, it never leaves the store (cursors hold places; see encode_cursor).
         self._seq = itertools.count(1)
         self._accounts: dict[str, Account] = {}
         self._account_ids_by_name: dict[str, str] = {}
@@ -540,27 +572,28 @@ class MemoryStore:
         self, account_id: str, *, limit: int, cursor: str | None
     ) -> Page[DeviceRecord]:
         """Devices of one account, newest first."""
-        after = _cursor_key("devices", limit, cursor)
+        after = _cursor_place("devices", limit, cursor)
         with self._lock:
             snapshot = list(self._devices.values())
-        rows = [row for row in snapshot if row.record.account_id == account_id]
-        return _page(rows, "devices", limit, after)
+        ranked = _ranked(row for row in snapshot if row.record.account_id == account_id)
+        return _page(ranked, "devices", limit, after)
 
     async def list_jobs(
         self, account_id: str, *, device_name: str | None, limit: int, cursor: str | None
     ) -> Page[JobRecord]:
         """Jobs of one account with their latest backup, newest first."""
-        after = _cursor_key("jobs", limit, cursor)
+        after = _cursor_place("jobs", limit, cursor)
         with self._lock:
             snapshot = list(self._jobs.values())
             latest = dict(self._latest)
-        rows = [
-            _Row(row.key, _with_latest(row.record, latest.get(row.record.id)))
-            for row in snapshot
-            if row.record.account_id == account_id
-            and (device_name is None or row.record.device_name == device_name)
+        ranked = [
+            (place, _Row(row.key, _with_latest(row.record, latest.get(row.record.id))))
+            for place, row in _ranked(
+                row for row in snapshot if row.record.account_id == account_id
+            )
+            if device_name is None or row.record.device_name == device_name
         ]
-        return _page(rows, "jobs", limit, after)
+        return _page(ranked, "jobs", limit, after)
 
     async def get_backup(self, account_id: str, entry_id: str) -> StoredBackup | None:
         """One backup of the account by id, or None."""
@@ -580,37 +613,37 @@ class MemoryStore:
         self, account_id: str, query: BackupQuery, *, limit: int, cursor: str | None
     ) -> Page[StoredBackup]:
         """Backups of one account, newest timestamp first."""
-        after = _cursor_key("backups", limit, cursor)
+        after = _cursor_place("backups", limit, cursor)
         window = TimeWindow.of(query.since, query.until)
         matches = _backup_filter(query)
         with self._lock:
             snapshot = list(self._backups.values())
-        rows = [
-            row
-            for row in snapshot
-            if row.record.account_id == account_id
-            and row.key[0] in window
-            and matches(row.record.entry)
+        ranked = [
+            (place, row)
+            for place, row in _ranked(
+                row for row in snapshot if row.record.account_id == account_id
+            )
+            if row.key[0] in window and matches(row.record.entry)
         ]
-        return _page(rows, "backups", limit, after)
+        return _page(ranked, "backups", limit, after)
 
     async def list_notifications(
         self, account_id: str, query: NotificationQuery, *, limit: int, cursor: str | None
     ) -> Page[StoredNotification]:
         """Notifications of one account, newest timestamp first."""
-        after = _cursor_key("notifications", limit, cursor)
+        after = _cursor_place("notifications", limit, cursor)
         window = TimeWindow.of(query.since, query.until)
         matches = _notification_filter(query)
         with self._lock:
             snapshot = list(self._notifications.values())
-        rows = [
-            row
-            for row in snapshot
-            if row.record.account_id == account_id
-            and row.key[0] in window
-            and matches(row.record.notification)
+        ranked = [
+            (place, row)
+            for place, row in _ranked(
+                row for row in snapshot if row.record.account_id == account_id
+            )
+            if row.key[0] in window and matches(row.record.notification)
         ]
-        return _page(rows, "notifications", limit, after)
+        return _page(ranked, "notifications", limit, after)
 
 
 def _with_latest(job: JobRecord, latest: _Row[StoredBackup] | None) -> JobRecord:

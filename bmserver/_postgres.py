@@ -24,8 +24,10 @@ batches cannot deadlock. A write that still fails on a deadlock or a serializati
 (another client of the database, say) is run again in a new transaction, at most
 :data:`WRITE_ATTEMPTS` times.
 
-Reads use the pool's other connections, in autocommit mode: each read is one statement, which
-sees everything committed when it starts, by this instance or any other.
+Reads use the pool's other connections, in autocommit mode: each statement sees everything
+committed when it starts, by this instance or any other. A listing is one statement, plus one
+that finds the cursor's place in the caller's account and one that ranks the page's last row
+for the next cursor (see :class:`_Select`).
 
 The pool belongs to the event loop that opened the store (psycopg's async connections and the
 pool's workers live there); use the store from that loop only.
@@ -734,7 +736,7 @@ def _required(row: _Row | None) -> _Row:
 
 
 async def _fetch(
-    connection: _Connection, query: LiteralString, params: Sequence[object]
+    connection: _Connection, query: LiteralString | sql.Composed, params: Sequence[object]
 ) -> _Row | None:
     """The first row of a query's answer, or None."""
     cursor = await connection.execute(query, params)
@@ -855,8 +857,20 @@ class _Select:
     """A listing query composed from fixed fragments; every value is a bound parameter.
 
     The sort key is (the list's time, ``seq``) descending, which the read indexes yield in
-    order; a cursor is a key in UTC microseconds, and the next page holds the rows strictly
-    after it (keyset pagination: no OFFSET, so a page costs the same however deep it is).
+    order, and the next page holds the rows strictly after the cursor's place (keyset
+    pagination: no OFFSET over the list, so a page costs the same however deep it is).
+
+    ``seq`` is shared by every account, so it never leaves the store: a cursor holds a place,
+    (time in UTC microseconds, rank among the account's rows with that time; see
+    :func:`~bmserver._memory.encode_cursor`), and a read turns it back into a sort key within
+    the caller's account. Both steps read only the rows of one account at one exact time, a
+    short range of the read index (account_id, time, seq).
+
+    Rows are never deleted, so a rank only grows if a row of the same account, time and list
+    with a smaller ``seq`` commits later: two instances inserting at once may commit out of
+    ``seq`` order. A walk through the list then skips that late row if its cursor was at that
+    very time, as keyset pagination skips any row committed behind its cursor; it never shows
+    a row twice.
     """
 
     def __init__(
@@ -864,31 +878,18 @@ class _Select:
     ) -> None:
         check_limit(limit)
         table, time_column = _LISTS[kind]
+        # Decoded here, so that a bad cursor is refused before any read.
+        self._place = None if cursor is None else decode_cursor(kind, cursor)
         self._kind = kind
         self._select = select
         self._limit = limit
+        self._account_id = account_id
         self._table = table
         self._time = sql.Identifier(table, time_column)
         self._seq = sql.Identifier(table, "seq")
         self._clauses: list[sql.Composable] = []
         self._params: list[object] = []
         self.where("account_id", account_id)
-        if cursor is not None:
-            self._after(*decode_cursor(kind, cursor))
-
-    def _after(self, utc_us: int, seq: int) -> None:
-        """Keep the rows strictly after a cursor's key, in the list's (descending) order."""
-        try:
-            instant = join_datetime(utc_us, 0)
-        except OverflowError:
-            # A key beyond the years a datetime holds (a cursor made by hand, since no row's
-            # time could be read back into one): every row lies before a key after year 9999,
-            # none before a key before year 1, as the other stores' integer comparison says.
-            if utc_us < 0:
-                self._clauses.append(sql.SQL("false"))
-            return
-        self._clauses.append(sql.SQL("({}, {}) < (%s, %s)").format(self._time, self._seq))
-        self._params.extend((instant, seq))
 
     def where(self, column: str, value: str | None) -> None:
         """Keep the rows whose ``column`` (of the list's table) equals ``value``, unless None."""
@@ -909,18 +910,54 @@ class _Select:
         self, connection: _Connection, convert: Callable[[_Row], tuple[R, tuple[int, int]]]
     ) -> Page[R]:
         """Run the query: one page of converted rows and the cursor of the next page."""
+        clauses, params = list(self._clauses), list(self._params)
+        if self._place is not None:
+            clause, values = await self._after(connection, *self._place)
+            clauses.append(clause)
+            params.extend(values)
         query = sql.SQL("{} WHERE {} ORDER BY {} DESC, {} DESC LIMIT %s").format(
-            self._select, sql.SQL(" AND ").join(self._clauses), self._time, self._seq
+            self._select, sql.SQL(" AND ").join(clauses), self._time, self._seq
         )
         # One more row than asked tells whether there is a next page.
-        cursor = await connection.execute(query, (*self._params, self._limit + 1))
+        cursor = await connection.execute(query, (*params, self._limit + 1))
         rows = await cursor.fetchall()
         converted = [convert(row) for row in rows[: self._limit]]
         more = len(rows) > self._limit
-        return Page(
-            items=[item for item, _ in converted],
-            next_cursor=encode_cursor(self._kind, converted[-1][1]) if more else None,
-        )
+        next_cursor = None
+        if more:
+            last_us, last_seq = converted[-1][1]
+            place = last_us, await self._rank(connection, join_datetime(last_us, 0), last_seq)
+            next_cursor = encode_cursor(self._kind, place)
+        return Page(items=[item for item, _ in converted], next_cursor=next_cursor)
+
+    async def _after(
+        self, connection: _Connection, utc_us: int, rank: int
+    ) -> tuple[sql.Composable, tuple[object, ...]]:
+        """The clause that keeps the rows strictly after a place, in the list's order."""
+        try:
+            instant = join_datetime(utc_us, 0)
+        except OverflowError:
+            # A place beyond the years a datetime holds (a cursor made by hand, since no row's
+            # time could be read back into one): every row lies before a place after year 9999,
+            # none before a place before year 1, as the other stores' integer comparison says.
+            return sql.SQL("true" if utc_us >= 0 else "false"), ()
+        if rank == 0:  # before the first row at that time: only earlier times follow
+            return sql.SQL("{} < %s").format(self._time), (instant,)
+        query = sql.SQL(
+            "SELECT seq FROM {} WHERE account_id = %s AND {} = %s ORDER BY seq LIMIT 1 OFFSET %s"
+        ).format(sql.Identifier(self._table), self._time)
+        found = await _fetch(connection, query, (self._account_id, instant, rank - 1))
+        if found is None:  # fewer rows at that time: all of them follow the place
+            return sql.SQL("{} <= %s").format(self._time), (instant,)
+        return sql.SQL("({}, {}) < (%s, %s)").format(self._time, self._seq), (instant, found[0])
+
+    async def _rank(self, connection: _Connection, instant: datetime, seq: int) -> int:
+        """The rank of the row ``seq`` among the account's rows with its time, from 1."""
+        query = sql.SQL(
+            "SELECT count(*) FROM {} WHERE account_id = %s AND {} = %s AND seq <= %s"
+        ).format(sql.Identifier(self._table), self._time)
+        counted = _required(await _fetch(connection, query, (self._account_id, instant, seq)))
+        return int(counted[0])
 
 
 #: Each list's table and the column of its time (the first part of its sort key).

@@ -825,8 +825,14 @@ class _Select:
     """A listing query built from fixed fragments; every value is a bound parameter.
 
     The sort key is (``time_column``, ``seq``) descending, which the table's indexes yield in
-    order; a cursor is a key, and the next page holds the rows strictly after it (keyset
-    pagination: no OFFSET, so a page costs the same however deep it is).
+    order, and the next page holds the rows strictly after the cursor's place (keyset
+    pagination: no OFFSET over the list, so a page costs the same however deep it is).
+
+    ``seq`` is shared by every account, so it never leaves the store: a cursor holds a place,
+    (time, rank among the account's rows with that time; see
+    :func:`~bmserver._memory.encode_cursor`), and a read turns it back into a sort key within
+    the caller's account. Both steps read only the rows of one account at one exact time, a
+    short range of the read indexes (account_id, time), whose entries end with the rowid.
     """
 
     def __init__(
@@ -841,18 +847,17 @@ class _Select:
         time_column: str,
     ) -> None:
         check_limit(limit)
-        after = None if cursor is None else decode_cursor(kind, cursor)
+        # Decoded here, so that a bad cursor is refused before any read.
+        self._place = None if cursor is None else decode_cursor(kind, cursor)
         self._kind = kind
         self._select = select
         self._limit = limit
+        self._account_id = account_id
+        self._table = table
         self._time = f"{table}.{time_column}"
         self._seq = f"{table}.seq"
         self._clauses = [f"{table}.account_id = ?"]
         self._params: list[object] = [account_id]
-        if after is not None:
-            # A row value comparison, which SQLite turns into a range on the index.
-            self._clauses.append(f"({self._time}, {self._seq}) < (?, ?)")
-            self._params.extend(after)
 
     def where(self, column: str, value: str | None) -> None:
         """Keep the rows whose ``column`` equals ``value``, unless it is None."""
@@ -873,19 +878,79 @@ class _Select:
         self, connection: sqlite3.Connection, convert: Callable[[_Row], tuple[R, tuple[int, int]]]
     ) -> Page[R]:
         """Run the query: one page of converted rows and the cursor of the next page."""
+        clauses, params = list(self._clauses), list(self._params)
+        if self._place is not None:
+            clause, values = self._after(connection, *self._place)
+            clauses.append(clause)
+            params.extend(values)
         sql = (
-            f"{self._select} WHERE {' AND '.join(self._clauses)}"
+            f"{self._select} WHERE {' AND '.join(clauses)}"
             f" ORDER BY {self._time} DESC, {self._seq} DESC LIMIT ?"
         )
         # One more row than asked tells whether there is a next page.
-        rows = connection.execute(sql, (*self._params, self._limit + 1)).fetchall()
+        rows = connection.execute(sql, (*params, self._limit + 1)).fetchall()
         converted = [convert(row) for row in rows[: self._limit]]
         more = len(rows) > self._limit
-        return Page(
-            items=[item for item, _ in converted],
-            next_cursor=encode_cursor(self._kind, converted[-1][1]) if more else None,
-        )
+        next_cursor = None
+        if more:
+            last_us, last_seq = converted[-1][1]
+            place = last_us, self._rank(connection, last_us, last_seq)
+            next_cursor = encode_cursor(self._kind, place)
+        return Page(items=[item for item, _ in converted], next_cursor=next_cursor)
 
+    def _after(
+        self, connection: sqlite3.Connection, utc_us: int, rank: int
+    ) -> tuple[str, tuple[int, ...]]:
+        """The clause that keeps the rows strictly after a place, in the list's order."""
+        if rank == 0:  # before the first row at that time: only earlier times follow
+            return f"{self._time} < ?", (utc_us,)
+        find = _PLACES[self._table].find
+        found = connection.execute(find, (self._account_id, utc_us, rank - 1)).fetchone()
+        if found is None:  # fewer rows at that time: all of them follow the place
+            return f"{self._time} <= ?", (utc_us,)
+        # A row value comparison, which SQLite turns into a range on the index.
+        return f"({self._time}, {self._seq}) < (?, ?)", (utc_us, found[0])
+
+    def _rank(self, connection: sqlite3.Connection, utc_us: int, seq: int) -> int:
+        """The rank of the row ``seq`` among the account's rows with its time, from 1."""
+        count = _PLACES[self._table].rank
+        (rank,) = connection.execute(count, (self._account_id, utc_us, seq)).fetchone()
+        return int(rank)
+
+
+class _Places(NamedTuple):
+    """The two queries of a list's places, with literal table and column names."""
+
+    #: The ``seq`` of the account's row at a place: (account id, time, rank - 1).
+    find: str
+    #: The rank of a row among the account's rows with its time: (account id, time, seq).
+    rank: str
+
+
+#: Each list table's queries of places: both read one account's rows at one time, a short range
+#: of the read index (account_id, time) whose entries end with the rowid, in seq order.
+_PLACES: Final = {
+    "devices": _Places(
+        find="SELECT seq FROM devices WHERE account_id = ? AND created_us = ?"
+        " ORDER BY seq LIMIT 1 OFFSET ?",
+        rank="SELECT count(*) FROM devices WHERE account_id = ? AND created_us = ? AND seq <= ?",
+    ),
+    "jobs": _Places(
+        find="SELECT seq FROM jobs WHERE account_id = ? AND created_us = ?"
+        " ORDER BY seq LIMIT 1 OFFSET ?",
+        rank="SELECT count(*) FROM jobs WHERE account_id = ? AND created_us = ? AND seq <= ?",
+    ),
+    "backups": _Places(
+        find="SELECT seq FROM backups WHERE account_id = ? AND ts_us = ?"
+        " ORDER BY seq LIMIT 1 OFFSET ?",
+        rank="SELECT count(*) FROM backups WHERE account_id = ? AND ts_us = ? AND seq <= ?",
+    ),
+    "notifications": _Places(
+        find="SELECT seq FROM notifications WHERE account_id = ? AND ts_us = ?"
+        " ORDER BY seq LIMIT 1 OFFSET ?",
+        rank="SELECT count(*) FROM notifications WHERE account_id = ? AND ts_us = ? AND seq <= ?",
+    ),
+}
 
 _SELECT_KEYS: Final = (
     "SELECT id, account_id, key_hash, prefix, scopes, created_us, created_offset,"

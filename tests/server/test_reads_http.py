@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from _harness import Client, RunningServer, assert_problem, backup, notification
 
 BACKUP = "/api/ingest/backup"
@@ -119,6 +121,20 @@ def test_invalid_query_lists_every_problem(client: Client) -> None:
 def test_foreign_cursor_is_400(client: Client) -> None:
     """A cursor the server did not hand out is a 400, not a 500."""
     assert_problem(client.get("/api/backups?cursor=bm9wZQ"), 400, "invalid_query")
+
+
+def test_first_format_cursor_is_400(client: Client) -> None:
+    """A cursor as the server handed them out before version 2, (time, seq), is a 400, not a 500.
+
+    Such cursors held a sequence shared by every account; a client may still hold one when a
+    new version starts. It is refused with "start again without a cursor", in every list.
+    """
+    seed(client)
+    for kind in ("backups", "notifications", "devices", "jobs"):
+        assert client.get(f"/api/{kind}?limit=1").json["nextCursor"] is not None
+        raw = f"{kind}:1717459200000000:3".encode("ascii")
+        old = base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+        assert_problem(client.get(f"/api/{kind}?cursor={old}"), 400, "invalid_query")
 
 
 def test_reading_needs_a_key(client: Client) -> None:

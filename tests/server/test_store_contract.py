@@ -10,6 +10,7 @@ compare every answer and every listing, and a few tests cover what only MemorySt
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import re
 import sys
@@ -26,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bmcore
-from bmserver._memory import MemoryStore, decode_cursor, encode_cursor
+from bmserver._memory import MemoryStore, decode_cursor, encode_cursor, split_datetime
 from bmserver._sqlite import SqliteStore
 from bmserver._store import (
     Account,
@@ -174,6 +175,23 @@ async def walk(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[T]:
         if page.next_cursor is None:
             return items
         cursor = page.next_cursor
+
+
+async def pages_of(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[Page[T]]:
+    """Every page of a paginated list, following the cursors to the end."""
+    pages: list[Page[T]] = []
+    cursor: str | None = None
+    while True:
+        page = await fetch(cursor)
+        pages.append(page)
+        if page.next_cursor is None:
+            return pages
+        cursor = page.next_cursor
+
+
+def raw_cursor(text: str) -> str:
+    """A cursor's text in unpadded base64url, as the stores hand them out (made by hand here)."""
+    return base64.urlsafe_b64encode(text.encode("ascii")).rstrip(b"=").decode("ascii")
 
 
 async def backups_of(
@@ -867,9 +885,14 @@ async def test_invalid_cursors_are_refused(store: Store, account: Account) -> No
         "é",
         "A" * 5000,
         encode_cursor("backups", (1, 2)) + "=",  # padded: not the one spelling
-        "YmFja3VwczowMToy",  # base64url of "backups:01:2", a leading zero
-        "YmFja3VwczoxOjI6Mw",  # "backups:1:2:3"
+        raw_cursor("v2:backups:01:2"),  # a leading zero
+        raw_cursor("v2:backups:-0:2"),  # minus zero
+        raw_cursor("v2:backups:1:-2"),  # a negative rank
+        raw_cursor("v2:backups:1:2:3"),
+        raw_cursor("v3:backups:1:2"),  # a version this store does not know
+        raw_cursor("backups:1:2"),  # the first format: (time, seq), no version
         encode_cursor("backups", (2**63, 1)),  # beyond 64 bits
+        encode_cursor("backups", (1, 2**63)),
         encode_cursor("other", (1, 2)),
     ]
     for kind, fetch in lists.items():
@@ -888,6 +911,167 @@ async def test_cursors_beyond_any_time(store: Store, account: Account) -> None:
     for kind, fetch in _lists(store, account.id).items():
         assert len((await fetch(encode_cursor(kind, (2**62, 0)))).items) == 1
         assert (await fetch(encode_cursor(kind, (-(2**62), 0)))).items == []
+
+
+@run_async
+async def test_a_place_needs_no_row(store: Store, account: Account) -> None:
+    """Rank 0 comes before a time's rows, a rank past them after all of them, rows or not.
+
+    Entries at 12:00 (two), 11:00 and 10:00, newest first and the later write first among
+    equal times: job 1, job 0, job 2, job 3.
+    """
+    for index, time in enumerate(("12:00", "12:00", "11:00", "10:00")):
+        entry = backup(f"job {index}", timestamp=f"2024-06-01T{time}:00Z")
+        await store.add_backup(account.id, entry, now=NOW)
+    twelve, eleven, half_past_ten = (
+        split_datetime(at(f"2024-06-01T{time}:00Z"))[0] for time in ("12:00", "11:00", "10:30")
+    )
+    for place, expected in (
+        ((twelve, 3), ["job 1", "job 0", "job 2", "job 3"]),
+        ((twelve, 2), ["job 0", "job 2", "job 3"]),
+        ((twelve, 1), ["job 2", "job 3"]),
+        ((twelve, 0), ["job 2", "job 3"]),
+        ((eleven, 2**63 - 1), ["job 2", "job 3"]),
+        ((eleven, 1), ["job 3"]),
+        ((eleven, 0), ["job 3"]),
+        ((half_past_ten, 1), ["job 3"]),
+    ):
+        cursor = encode_cursor("backups", place)
+        page = await store.list_backups(account.id, BackupQuery(), limit=10, cursor=cursor)
+        assert [item.entry.job_name for item in page.items] == expected, place
+
+
+async def _write_tied_entries(
+    store: Store,
+    account_id: str,
+    between: Callable[[datetime], Awaitable[None]] | None = None,
+) -> None:
+    """Entries of every list, with ties: equal timestamps and devices created at equal times.
+
+    ``between`` runs before each write (with the write's ``now``), to write something else.
+    """
+    base = datetime(2024, 6, 1, tzinfo=UTC)
+    for index in range(7):
+        instant = base + timedelta(hours=index // 3)  # three entries at each instant
+        now = NOW + timedelta(minutes=index // 2)  # two devices and jobs created at each time
+        entry = attrs.evolve(backup(f"job {index}", device=f"srv{index}"), timestamp=instant)
+        note = attrs.evolve(notification(f"type_{index}", device=f"srv{index}"), timestamp=instant)
+        if between is not None:
+            await between(now)
+        await store.add_backup(account_id, entry, now=now)
+        if between is not None:
+            await between(now)
+        await store.add_notification(account_id, note, now=now)
+
+
+async def _cursors(store: Store, account_id: str) -> dict[tuple[str, int], list[str]]:
+    """Every cursor each list hands out to an account, walking it with pages of 1 and of 2."""
+    cursors: dict[tuple[str, int], list[str]] = {}
+    for limit in (1, 2):
+        for kind, fetch in _lists(store, account_id, limit).items():
+            pages = await pages_of(fetch)
+            cursors[kind, limit] = [page.next_cursor for page in pages if page.next_cursor]
+    return cursors
+
+
+@run_async
+async def test_cursors_reveal_nothing_of_other_accounts(store: Store, account: Account) -> None:
+    """An account gets the same cursors, byte for byte, whatever other accounts write meanwhile.
+
+    Ids are random so that they reveal nothing about volumes; a cursor must not count other
+    accounts' rows either (a sequence number shared by every account would). Two accounts write
+    the same entries, one alone, the other with a third account writing between each of its
+    writes: their cursors are equal, and each holds the time of the page's last item and a rank
+    no larger than the account's own entries at that time.
+    """
+    await _write_tied_entries(store, account.id)
+    busy = await store.create_account("busy", now=NOW)
+    other = await store.create_account("other", now=NOW)
+    written = 0
+
+    async def others_write(now: datetime) -> None:
+        nonlocal written
+        for _ in range(3):
+            written += 1
+            name = f"other {written}"
+            entry = backup(name, device=name, timestamp="2024-06-01T01:00:00Z")
+            await store.add_backup(other.id, entry, now=now)
+            note = notification(name, device=name, timestamp="2024-06-01T01:00:00Z")
+            await store.add_notification(other.id, note, now=now)
+
+    await _write_tied_entries(store, busy.id, between=others_write)
+    alone = await _cursors(store, account.id)
+    interleaved = await _cursors(store, busy.id)
+    assert interleaved == alone
+    # 7 backups, 7 notifications, 14 devices (a backup's sender is not a notification's), 7 jobs
+    assert [len(alone[kind, 1]) for kind in _lists(store, account.id)] == [6, 6, 13, 6]
+    # The account's own rows at one time: 3 entries, or 2 jobs, or 4 devices (2 writes of 2).
+    most = {"backups": 3, "notifications": 3, "devices": 4, "jobs": 2}
+    for kind, count in most.items():
+        ranks = {decode_cursor(kind, cursor)[1] for cursor in alone[kind, 1]}
+        assert ranks == set(range(1, count + 1)), kind
+
+
+@run_async
+async def test_another_account_s_cursor_is_a_place_in_one_s_own_list(
+    store: Store, account: Account
+) -> None:
+    """A cursor of another account yields the caller's own entries after its place, no others.
+
+    A cursor holds a place (a time, and a rank among equal times), not an entry: given to
+    another account it is a place in that account's own list, exactly as a cursor of its own at
+    the same place, and the answer depends on nothing but that account's entries.
+    """
+    other = await store.create_account("globex", now=NOW)
+    for owner, entries in (
+        (account, (("a", "10:00"), ("b", "09:00"), ("c", "09:00"), ("d", "08:00"))),
+        (other, (("x", "09:30"), ("y", "09:00"), ("z", "07:00"))),
+    ):
+        for job, time in entries:
+            await store.add_backup(owner.id, backup(job, timestamp=f"2024-06-01T{time}Z"), now=NOW)
+
+    async def jobs_after(owner: Account, cursor: str) -> list[str]:
+        jobs: list[str] = []
+        next_cursor: str | None = cursor
+        while next_cursor is not None:
+            page = await store.list_backups(owner.id, BackupQuery(), limit=1, cursor=next_cursor)
+            jobs.extend(item.entry.job_name for item in page.items)
+            next_cursor = page.next_cursor
+        return jobs
+
+    mine = await pages_of(
+        lambda cursor: store.list_backups(account.id, BackupQuery(), limit=1, cursor=cursor)
+    )
+    cursors = [page.next_cursor for page in mine if page.next_cursor]
+    # a: (10:00, 1); c: (09:00, 2); b: (09:00, 1); the later write first among equal times.
+    assert [page.items[0].entry.job_name for page in mine] == ["a", "c", "b", "d"]
+    assert [await jobs_after(account, cursor) for cursor in cursors] == [
+        ["c", "b", "d"],
+        ["b", "d"],
+        ["d"],
+    ]
+    assert [await jobs_after(other, cursor) for cursor in cursors] == [
+        ["x", "y", "z"],  # after 10:00
+        ["y", "z"],  # after the second entry at 09:00: globex's only one at 09:00 follows
+        ["z"],  # after the first entry at 09:00
+    ]
+
+
+@run_async
+async def test_first_format_cursors_are_refused(store: Store, account: Account) -> None:
+    """A cursor of the first format, (time, seq) without a version, is InvalidCursorError.
+
+    A server upgraded while clients page may receive one: it is refused (400 over HTTP, "start
+    again without a cursor"), never misread as a place nor answered with a server error.
+    """
+    await _write_tied_entries(store, account.id)
+    for kind, fetch in _lists(store, account.id).items():
+        first = await fetch(None)
+        assert first.next_cursor is not None
+        time_us, _ = decode_cursor(kind, first.next_cursor)
+        for seq in (0, 1, 2, 3, 14, 2**63 - 1):
+            with pytest.raises(InvalidCursorError):
+                await fetch(raw_cursor(f"{kind}:{time_us}:{seq}"))
 
 
 def test_cursor_round_trip() -> None:
@@ -1015,7 +1199,11 @@ async def _replay(store: Store, script: list[_Operation]) -> object:
             except ConflictError as conflict:
                 transcript.append(("conflict", conflict.existing_id))
         for owner in accounts:
-            transcript.extend([await walk(fetch) for fetch in _lists(store, owner.id, 3).values()])
+            # Pages with their cursors: a cursor is made of the account's own data only, so
+            # every store hands out the same ones.
+            for fetch in _lists(store, owner.id, 3).values():
+                pages = await pages_of(fetch)
+                transcript.append([(page.items, page.next_cursor) for page in pages])
     finally:
         await store.close()
     return _canonical(transcript, {})
