@@ -138,10 +138,17 @@ def request(
     body: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     timeout: float = 30.0,
+    source: str | None = None,
 ) -> Answer:
-    """One request on a new connection; counts it in the report (0 if the connection failed)."""
+    """One request on a new connection; counts it in the report (0 if the connection failed).
+
+    ``source`` is the client's address, any of 127.0.0.0/8 (all loopback on Linux), for tests
+    of what the server does per client address.
+    """
     host, port = base.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    connection = http.client.HTTPConnection(
+        host, int(port), timeout=timeout, source_address=None if source is None else (source, 0)
+    )
     try:
         connection.request(method, path, body=body, headers=dict(headers or {}))
         response = connection.getresponse()

@@ -690,6 +690,10 @@ def test_keys_outside_the_header_never_reach_the_log(target: Target) -> None:
     assert target.key not in target.server.log_text()
 
 
+#: uvicorn's h11_max_incomplete_event_size: a request head still incomplete beyond it is a 400.
+_H11_PARTIAL_HEAD_LIMIT: Final = 16 * 1024
+
+
 @pytest.mark.parametrize(
     "key",
     ["bm_" + "k" * 100_000, "bm_ has spaces inside it and is not a key at all", "bm_"],
@@ -698,7 +702,9 @@ def test_keys_outside_the_header_never_reach_the_log(target: Target) -> None:
 def test_malformed_keys_are_refused(target: Target, tally: Tally, key: str) -> None:
     """Malformed keys get a 401 invalid_api_key problem, and store nothing.
 
-    Sent from another loopback address: failed authentications are throttled per address.
+    Sent from another loopback address: failed authentications are throttled per address. A
+    100 kB header that arrives in several TCP segments passes h11's 16 KiB limit on a partial
+    request head: that is a 400 malformed_http problem before the app sees the key, also fine.
     """
     tally.fault("hostile: malformed key")
     payload = _json(target.valid_payload(BACKUP))
@@ -709,8 +715,10 @@ def test_malformed_keys_are_refused(target: Target, tally: Tally, key: str) -> N
     )
     assert answer is not None
     target.judge(answer, before, BACKUP, what="a malformed key")
-    assert answer.status == 401, answer.body
-    assert _problem_code(answer) == "invalid_api_key"
+    refusals = {(401, "invalid_api_key")}
+    if len(key) > _H11_PARTIAL_HEAD_LIMIT:
+        refusals.add((400, "malformed_http"))
+    assert (answer.status, _problem_code(answer)) in refusals, answer.body
 
 
 # --- raw sockets: truncated bodies, oversized headers, malformed HTTP, bombs ----------------------
