@@ -1054,3 +1054,9 @@ def test_any_json_object_decodes_or_raises_payload_error(
 def test_any_random_json_object_decodes_or_raises_payload_error(payload: dict[str, object]) -> None:
     """A JSON object of random keys and values never raises anything but PayloadError."""
     _check_only_payload_errors(payload)
+
+
+def test_a_payload_error_needs_at_least_one_field_error() -> None:
+    """An empty PayloadError would say nothing about what to fix: it is refused."""
+    with pytest.raises(ValueError, match="at least one FieldError"):
+        bmcore.PayloadError([])

@@ -67,6 +67,22 @@ def test_zero_offsets_give_utc(text: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("2024-13-04T12:00:00", "invalid_timestamp"),  # the naive shape, but no such month
+        ("2024-06-04T24:00:00", "missing_utc_offset"),  # fromisoformat refuses 24:00, dateutil not
+    ],
+)
+def test_the_naive_shape_that_fromisoformat_refuses_goes_to_the_reference(
+    text: str, code: str
+) -> None:
+    """The naive fast path answers only for valid times; the reference decides the rest."""
+    with pytest.raises(TimestampError) as caught:
+        parse_timestamp(text)
+    assert caught.value.code == code
+
+
+@pytest.mark.parametrize(
     "text", ["2024-06-04T14:00:00", "2024-06-04 14:00:00.5", "2024-06-04T14:00", "20240604T1400"]
 )
 def test_naive_time_is_missing_utc_offset_with_a_fix(text: str) -> None:
