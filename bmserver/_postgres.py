@@ -61,6 +61,7 @@ from bmserver._memory import (
     split_datetime,
 )
 from bmserver._postgres_migrations import apply_migrations
+from bmserver._rows import RowReader
 from bmserver._store import (
     Account,
     ApiKeyRecord,
@@ -836,20 +837,6 @@ def _repeat_or_conflict(existing: _Row, content_hash: bytes) -> WriteResult:
     return _duplicate(existing)
 
 
-def _duplicate(row: _Row) -> WriteResult:
-    """An idempotent repeat: the original's ids and receipt time, nothing created."""
-    entry_id, _, received_at, received_offset, device_id, job_id = row
-    return WriteResult(
-        id=entry_id,
-        received_at=_shown(received_at, received_offset),
-        device_id=device_id,
-        device_created=False,
-        job_id=job_id,
-        job_created=False,
-        duplicate=True,
-    )
-
-
 # --- the readers' helpers -------------------------------------------------------------------------
 
 
@@ -1047,16 +1034,6 @@ _JOBS_WITH_LATEST: Final = sql.SQL(
 )
 
 
-def _sort_key(instant: datetime, seq: int) -> tuple[int, int]:
-    """A row's place in its list, as a cursor holds it: (UTC microseconds, seq)."""
-    return split_datetime(instant)[0], seq
-
-
-def _account(row: _Row) -> Account:
-    account_id, name, created_at, created_offset = row
-    return Account(id=account_id, name=name, created_at=_shown(created_at, created_offset))
-
-
 def _api_key(row: _Row) -> ApiKeyRecord:
     key_id, account_id, key_hash, prefix, scopes, created_at, created_offset = row[:7]
     revoked_at, revoked_offset = row[7:9]
@@ -1071,82 +1048,18 @@ def _api_key(row: _Row) -> ApiKeyRecord:
     )
 
 
-def _device(row: _Row) -> tuple[DeviceRecord, tuple[int, int]]:
-    device_id, account_id, sender, device_name, created_at, created_offset = row[:6]
-    last_seen_at, last_seen_offset, seq = row[6:]
-    record = DeviceRecord(
-        id=device_id,
-        account_id=account_id,
-        sender=sender,
-        device_name=device_name,
-        created_at=_shown(created_at, created_offset),
-        last_seen_at=_shown(last_seen_at, last_seen_offset),
-    )
-    return record, _sort_key(created_at, seq)
+# --- rows to records ------------------------------------------------------------------------------
 
 
-def _job(row: _Row) -> tuple[JobRecord, tuple[int, int]]:
-    job_id, account_id, device_id, sender, device_name, job_name = row[:6]
-    created_at, created_offset, seq = row[6:9]
-    latest_id, latest_ts, latest_offset, latest_status, latest_outcome = row[9:]
-    record = JobRecord(
-        id=job_id,
-        account_id=account_id,
-        device_id=device_id,
-        sender=sender,
-        device_name=device_name,
-        job_name=job_name,
-        created_at=_shown(created_at, created_offset),
-        latest_backup_id=latest_id,
-        latest_timestamp=None if latest_ts is None else _shown(latest_ts, latest_offset),
-        latest_status=latest_status,
-        latest_outcome=latest_outcome,
-    )
-    return record, _sort_key(created_at, seq)
+def _utc_micros(instant: datetime) -> int:
+    return split_datetime(instant)[0]
 
 
-def _backup(row: _Row) -> tuple[StoredBackup, tuple[int, int]]:
-    entry_id, account_id, device_id, job_id, ts, ts_offset = row[:6]
-    sender, device_name, job_name, status, message = row[6:11]
-    received_at, received_offset, seq = row[11:]
-    entry = bmcore.BackupEntry(
-        device_name=device_name,
-        job_name=job_name,
-        timestamp=_shown(ts, ts_offset),
-        status=status,
-        message=message,
-        sender=sender,
-    )
-    record = StoredBackup(
-        id=entry_id,
-        account_id=account_id,
-        device_id=device_id,
-        job_id=job_id,
-        entry=entry,
-        received_at=_shown(received_at, received_offset),
-    )
-    return record, _sort_key(ts, seq)
-
-
-def _notification(row: _Row) -> tuple[StoredNotification, tuple[int, int]]:
-    entry_id, account_id, device_id, job_id, ts, ts_offset = row[:6]
-    sender, device_name, job_name, severity, event_type, message = row[6:12]
-    received_at, received_offset, seq = row[12:]
-    notification = bmcore.Notification(
-        device_name=device_name,
-        timestamp=_shown(ts, ts_offset),
-        severity=bmcore.Severity(severity),
-        type=event_type,
-        job_name=job_name,
-        message=message,
-        sender=sender,
-    )
-    record = StoredNotification(
-        id=entry_id,
-        account_id=account_id,
-        device_id=device_id,
-        job_id=job_id,
-        notification=notification,
-        received_at=_shown(received_at, received_offset),
-    )
-    return record, _sort_key(ts, seq)
+# PostgreSQL keeps an instant as timestamptz beside its offset.
+_ROWS: Final = RowReader[datetime](shown=_shown, micros=_utc_micros)
+_account: Final = _ROWS.account
+_duplicate: Final = _ROWS.duplicate
+_device: Final = _ROWS.device
+_job: Final = _ROWS.job
+_backup: Final = _ROWS.backup
+_notification: Final = _ROWS.notification

@@ -47,6 +47,7 @@ from bmserver._memory import (
     split_datetime,
 )
 from bmserver._migrations import apply_migrations
+from bmserver._rows import RowReader
 from bmserver._store import (
     Account,
     ApiKeyRecord,
@@ -804,20 +805,6 @@ def _ensure_job(
     return job_id, True
 
 
-def _duplicate(row: _Row) -> WriteResult:
-    """An idempotent repeat: the original's ids and receipt time, nothing created."""
-    entry_id, _, received_us, received_offset, device_id, job_id = row
-    return WriteResult(
-        id=entry_id,
-        received_at=join_datetime(received_us, received_offset),
-        device_id=device_id,
-        device_created=False,
-        job_id=job_id,
-        job_created=False,
-        duplicate=True,
-    )
-
-
 # --- the readers' helpers -------------------------------------------------------------------------
 
 
@@ -1002,11 +989,6 @@ _JOBS_WITH_LATEST: Final = """
 """
 
 
-def _account(row: _Row) -> Account:
-    account_id, name, created_us, created_offset = row
-    return Account(id=account_id, name=name, created_at=join_datetime(created_us, created_offset))
-
-
 def _api_key(row: _Row) -> ApiKeyRecord:
     key_id, account_id, key_hash, prefix, scopes, created_us, created_offset = row[:7]
     revoked_us, revoked_offset = row[7:]
@@ -1021,82 +1003,13 @@ def _api_key(row: _Row) -> ApiKeyRecord:
     )
 
 
-def _device(row: _Row) -> tuple[DeviceRecord, tuple[int, int]]:
-    device_id, account_id, sender, device_name, created_us, created_offset = row[:6]
-    last_seen_us, last_seen_offset, seq = row[6:]
-    record = DeviceRecord(
-        id=device_id,
-        account_id=account_id,
-        sender=sender,
-        device_name=device_name,
-        created_at=join_datetime(created_us, created_offset),
-        last_seen_at=join_datetime(last_seen_us, last_seen_offset),
-    )
-    return record, (created_us, seq)
+# --- rows to records ------------------------------------------------------------------------------
 
-
-def _job(row: _Row) -> tuple[JobRecord, tuple[int, int]]:
-    job_id, account_id, device_id, sender, device_name, job_name = row[:6]
-    created_us, created_offset, seq = row[6:9]
-    latest_id, latest_us, latest_offset, latest_status, latest_outcome = row[9:]
-    record = JobRecord(
-        id=job_id,
-        account_id=account_id,
-        device_id=device_id,
-        sender=sender,
-        device_name=device_name,
-        job_name=job_name,
-        created_at=join_datetime(created_us, created_offset),
-        latest_backup_id=latest_id,
-        latest_timestamp=None if latest_us is None else join_datetime(latest_us, latest_offset),
-        latest_status=latest_status,
-        latest_outcome=latest_outcome,
-    )
-    return record, (created_us, seq)
-
-
-def _backup(row: _Row) -> tuple[StoredBackup, tuple[int, int]]:
-    entry_id, account_id, device_id, job_id, ts_us, ts_offset = row[:6]
-    sender, device_name, job_name, status, message = row[6:11]
-    received_us, received_offset, seq = row[11:]
-    entry = bmcore.BackupEntry(
-        device_name=device_name,
-        job_name=job_name,
-        timestamp=join_datetime(ts_us, ts_offset),
-        status=status,
-        message=message,
-        sender=sender,
-    )
-    record = StoredBackup(
-        id=entry_id,
-        account_id=account_id,
-        device_id=device_id,
-        job_id=job_id,
-        entry=entry,
-        received_at=join_datetime(received_us, received_offset),
-    )
-    return record, (ts_us, seq)
-
-
-def _notification(row: _Row) -> tuple[StoredNotification, tuple[int, int]]:
-    entry_id, account_id, device_id, job_id, ts_us, ts_offset = row[:6]
-    sender, device_name, job_name, severity, event_type, message = row[6:12]
-    received_us, received_offset, seq = row[12:]
-    notification = bmcore.Notification(
-        device_name=device_name,
-        timestamp=join_datetime(ts_us, ts_offset),
-        severity=bmcore.Severity(severity),
-        type=event_type,
-        job_name=job_name,
-        message=message,
-        sender=sender,
-    )
-    record = StoredNotification(
-        id=entry_id,
-        account_id=account_id,
-        device_id=device_id,
-        job_id=job_id,
-        notification=notification,
-        received_at=join_datetime(received_us, received_offset),
-    )
-    return record, (ts_us, seq)
+# SQLite keeps an instant as integer UTC microseconds beside its offset.
+_ROWS: Final = RowReader[int](shown=join_datetime, micros=int)
+_account: Final = _ROWS.account
+_duplicate: Final = _ROWS.duplicate
+_device: Final = _ROWS.device
+_job: Final = _ROWS.job
+_backup: Final = _ROWS.backup
+_notification: Final = _ROWS.notification

@@ -7,10 +7,11 @@ changed with ``BM_TEST_POSTGRES_URL`` and ``BM_TEST_REDIS_URL``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -60,13 +61,12 @@ def redis_namespace() -> str:
     return f"bm-test:{uuid.uuid4().hex}"
 
 
-@pytest.fixture
-def postgres_schema(postgres_url: str) -> Iterator[str]:
-    """A fresh PostgreSQL schema of this test's own, dropped afterwards."""
+@contextlib.contextmanager
+def schema_named(postgres_url: str, name: str) -> Generator[str]:
+    """Create the PostgreSQL schema ``name`` (any name: it is quoted), drop it afterwards."""
     import psycopg  # noqa: PLC0415 - only the tests that use PostgreSQL need the driver
     from psycopg import sql  # noqa: PLC0415
 
-    name = f"bm_test_{uuid.uuid4().hex}"
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
     try:
@@ -74,3 +74,10 @@ def postgres_schema(postgres_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as connection:
             connection.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def postgres_schema(postgres_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema of this test's own, dropped afterwards."""
+    with schema_named(postgres_url, f"bm_test_{uuid.uuid4().hex}") as name:
+        yield name

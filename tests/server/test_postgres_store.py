@@ -23,6 +23,7 @@ import attrs
 import psycopg
 import pytest
 from _postgres_tables import connect, empty_schema
+from _services import schema_named
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
@@ -284,14 +285,8 @@ async def test_an_unreachable_server_fails_at_once() -> None:
 @pytest.fixture
 def odd_schema(url: str) -> Iterator[str]:
     """A schema whose name needs quoting: any unquoted use of it would be a syntax error."""
-    name = f'bm "odd"; schema {uuid.uuid4().hex}'
-    with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
-    try:
+    with schema_named(url, f'bm "odd"; schema {uuid.uuid4().hex}') as name:
         yield name
-    finally:
-        with psycopg.connect(url, autocommit=True) as connection:
-            connection.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
 
 
 @run_async
