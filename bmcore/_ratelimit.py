@@ -19,7 +19,7 @@ from typing import Final, Generic, NamedTuple, TypeVar, cast
 
 import attrs
 
-__all__ = ["Decision", "KeyedLimiter", "RatePolicy", "decide", "parse_rate"]
+__all__ = ["Decision", "KeyedLimiter", "RatePolicy", "decide", "parse_rate", "refund"]
 
 _NS_PER_S: Final = 1_000_000_000
 
@@ -144,6 +144,26 @@ def decide(
     )
 
 
+def refund(tat: int | None, now_ns: int, policy: RatePolicy, cost: int = 1) -> int | None:
+    """Give back ``cost`` tokens that an admitted :func:`decide` took; returns the new state.
+
+    Undoes the charge, never more: the bucket holds at most ``burst`` tokens, so a refund of a
+    bucket that has refilled meanwhile gives ``None`` (full), exactly as if the charge had
+    never been made. For a charge taken before the outcome was known, such as a failed
+    authentication charged before the key is looked up and refunded when the key is valid.
+
+    >>> policy = RatePolicy(burst=2, interval_ns=1_000_000_000)
+    >>> _, state = decide(None, 0, policy)
+    >>> refund(state, 0, policy) is None
+    True
+    """
+    _check_cost(cost, policy)
+    if tat is None:
+        return None
+    new_tat = tat - cost * policy.interval_ns
+    return new_tat if new_tat > now_ns else None
+
+
 def _check_cost(cost: int, policy: RatePolicy) -> None:
     if not 0 <= cost <= policy.burst:
         msg = f"cost must be between 0 and the burst ({policy.burst}), got {cost}"
@@ -232,6 +252,21 @@ class KeyedLimiter(Generic[KeyT]):
             oldest = next(iter(tats))
             if tats[oldest] <= now_ns:
                 del tats[oldest]
+
+    def refund(self, key: KeyT, now_ns: int, cost: int = 1) -> None:
+        """Give back ``cost`` tokens an admitted :meth:`decide` took for ``key`` (bmcore.refund)."""
+        with self._lock:
+            tat = self._tats.get(key)
+            new_tat = refund(tat, now_ns, self.policy, cost)
+            if new_tat is None:
+                self._tats.pop(key, None)
+            else:
+                # In place, keeping its position: a lower TAT cannot break the invariant that
+                # the front holds the keys most likely to have refilled, and _full_until stays
+                # a valid lower bound only if it is lowered with the TAT.
+                self._tats[key] = new_tat
+                if self._full_until is not None and new_tat < self._full_until:
+                    self._full_until = new_tat
 
     def reset(self, key: KeyT) -> None:
         """Forget ``key``'s state: its bucket is full again."""

@@ -25,6 +25,10 @@ class Limiter(Protocol):
         """Decide one request of ``cost`` tokens for ``key`` at monotonic time ``now_ns``."""
         ...
 
+    async def refund(self, key: str, now_ns: int, cost: int = 1) -> None:
+        """Give back ``cost`` tokens that an admitted :meth:`decide` took (bmcore.refund)."""
+        ...
+
     async def reset(self) -> None:
         """Forget every key's state."""
         ...
@@ -48,6 +52,10 @@ class MemoryLimiter:
     async def decide(self, key: str, now_ns: int, cost: int = 1) -> Decision:
         """Decide at once: the state is in memory."""
         return self._limiter.decide(key, now_ns, cost)
+
+    async def refund(self, key: str, now_ns: int, cost: int = 1) -> None:
+        """Give the tokens back at once: the state is in memory."""
+        self._limiter.refund(key, now_ns, cost)
 
     async def reset(self) -> None:
         """Forget every key's state."""

@@ -81,6 +81,40 @@ if retry < 1 then retry = 1 end
 return {0, remaining, retry, ceildiv(start, 1e9)}
 """
 
+# KEYS[1]: the bucket. ARGV: interval_ns, cost, and for tests only now_s and now_ns.
+# bmcore.refund(): the TAT moves back by cost * interval; a bucket that is full again loses its
+# state. Offsets from now stay below burst * interval, as in GCRA_SCRIPT, so they are exact.
+REFUND_SCRIPT: Final = """
+local function floordiv(a, b)
+  local q = math.floor(a / b)
+  if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end
+  return q
+end
+local function ceildiv(a, b) return -floordiv(-a, b) end
+
+local interval = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+local now_s, now_ns
+if ARGV[3] then
+  now_s, now_ns = tonumber(ARGV[3]), tonumber(ARGV[4])
+else
+  local time = redis.call('TIME')
+  now_s, now_ns = tonumber(time[1]), tonumber(time[2]) * 1000
+end
+local stored = redis.call('HMGET', KEYS[1], 's', 'n')
+if not stored[1] then return 0 end
+local ahead = (tonumber(stored[1]) - now_s) * 1e9 + (tonumber(stored[2]) - now_ns) - cost * interval
+if ahead <= 0 then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+local total = now_ns + ahead
+local carry = floordiv(total, 1e9)
+redis.call('HSET', KEYS[1], 's', now_s + carry, 'n', total - carry * 1e9)
+redis.call('PEXPIRE', KEYS[1], ceildiv(ahead, 1e6) + 60000)
+return 1
+"""
+
 
 #: Seconds to connect to Redis and to wait for an answer: a rate limit decision must be quick,
 #: and a Redis that does not answer in time is treated as unreachable.
@@ -134,6 +168,7 @@ class RedisLimiter:
         self._namespace = namespace
         # Sent by its SHA (EVALSHA); redis-py loads it once if the server does not know it.
         self._script = client.register_script(GCRA_SCRIPT)
+        self._refund_script = client.register_script(REFUND_SCRIPT)
 
     @property
     def policy(self) -> RatePolicy:
@@ -147,6 +182,14 @@ class RedisLimiter:
     async def decide_at(self, key: str, at_ns: int, cost: int = 1) -> Decision:
         """Decide at ``at_ns`` nanoseconds since the epoch instead of Redis's clock (for tests)."""
         return await self._run(key, cost, divmod(at_ns, _NS_PER_S))
+
+    async def refund(self, key: str, now_ns: int, cost: int = 1) -> None:  # noqa: ARG002 - Redis's clock decides
+        """Give back ``cost`` tokens on Redis's clock; LimiterUnavailableError if unreachable."""
+        await self._run_refund(key, cost, ())
+
+    async def refund_at(self, key: str, at_ns: int, cost: int = 1) -> None:
+        """Refund at ``at_ns`` nanoseconds since the epoch instead of Redis's clock (for tests)."""
+        await self._run_refund(key, cost, divmod(at_ns, _NS_PER_S))
 
     async def reset(self) -> None:
         """Forget every key's state in this namespace."""
@@ -170,11 +213,23 @@ class RedisLimiter:
         if self._owns_client:
             await self._client.aclose()
 
+    def _check_cost(self, cost: int) -> None:
+        if not 0 <= cost <= self._policy.burst:
+            msg = f"cost must be between 0 and the burst ({self._policy.burst}), got {cost}"
+            raise ValueError(msg)
+
+    async def _run_refund(self, key: str, cost: int, at: tuple[int, ...]) -> None:
+        self._check_cost(cost)
+        try:
+            await self._refund_script(
+                keys=[f"{self._namespace}:{key}"], args=[self._policy.interval_ns, cost, *at]
+            )
+        except Exception as error:  # connection refused, timeout, READONLY, OOM...
+            raise LimiterUnavailableError(f"Redis: {error}") from error
+
     async def _run(self, key: str, cost: int, at: tuple[int, ...]) -> Decision:
         policy = self._policy
-        if not 0 <= cost <= policy.burst:
-            msg = f"cost must be between 0 and the burst ({policy.burst}), got {cost}"
-            raise ValueError(msg)
+        self._check_cost(cost)
         try:
             reply = await self._script(
                 keys=[f"{self._namespace}:{key}"],

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bmcore import Decision, KeyedLimiter, RatePolicy, decide, parse_rate
+from bmcore import Decision, KeyedLimiter, RatePolicy, decide, parse_rate, refund
 
 NS = 1_000_000_000
 
@@ -400,6 +400,47 @@ def test_remaining_is_never_negative_even_if_the_clock_goes_back(
         assert 0 <= decision.remaining <= policy.burst, decision
 
 
+# --- refund ---------------------------------------------------------------------------------
+
+
+@given(scenarios(), st.integers(0, 3 * NS))
+def test_refund_undoes_an_admitted_charge(scenario: Scenario, later: int) -> None:
+    """A refund right after an admitted charge restores the state before it (a full one as None).
+
+    And at any later instant, the refunded state offers the tokens the bucket would have had if
+    the charge had never been made.
+    """
+    policy = scenario.policy
+    for record in run(scenario):
+        if not record.decision.allowed or record.cost == 0:
+            continue
+        kept = record.before is not None and record.before > record.now
+        assert refund(record.after, record.now, policy, record.cost) == (
+            record.before if kept else None
+        )
+        at = record.now + later
+        refunded = refund(record.after, at, policy, record.cost)
+        assert peek(refunded, at, policy) == peek(record.before, at, policy)
+
+
+@given(policies, st.one_of(st.none(), starts), starts, st.integers(0, 20))
+def test_refund_never_creates_more_than_a_full_bucket(
+    policy: RatePolicy, tat: int | None, now: int, drawn_cost: int
+) -> None:
+    """The refunded state is None (full) or still in the future: never more than burst tokens."""
+    cost = min(drawn_cost, policy.burst)
+    refunded = refund(tat, now, policy, cost)
+    assert refunded is None or refunded > now
+    assert peek(refunded, now, policy).remaining <= policy.burst
+    assert peek(refunded, now, policy).remaining >= peek(tat, now, policy).remaining
+
+
+def test_refund_refuses_a_cost_outside_zero_to_burst() -> None:
+    """A refund of more than a burst is a caller's bug, refused like such a charge."""
+    with pytest.raises(ValueError, match="cost"):
+        refund(None, 0, RatePolicy(burst=2, interval_ns=NS), 3)
+
+
 # --- KeyedLimiter ---------------------------------------------------------------------------
 
 
@@ -446,6 +487,46 @@ def test_keyed_limiter_matches_decide_per_key(
         cost = min(drawn_cost, policy.burst)
         expected, states[key] = decide(states.get(key), now, policy, cost)
         assert limiter.decide(key, now, cost) == expected
+
+
+@given(
+    policy=policies,
+    start=starts,
+    requests=st.lists(
+        st.tuples(
+            st.sampled_from("abc"), st.integers(0, 3 * NS), st.integers(0, 20), st.booleans()
+        ),
+        max_size=60,
+    ),
+)
+def test_keyed_limiter_refund_matches_refund_per_key(
+    policy: RatePolicy, start: int, requests: list[tuple[str, int, int, bool]]
+) -> None:
+    """Charges and refunds mixed: the limiter keeps each key's state as decide() and refund()."""
+    limiter: KeyedLimiter[str] = KeyedLimiter(policy)
+    states: dict[str, int | None] = {}
+    now = start
+    for key, increment, drawn_cost, refunding in requests:
+        now += increment
+        cost = min(drawn_cost, policy.burst)
+        if refunding:
+            states[key] = refund(states.get(key), now, policy, cost)
+            limiter.refund(key, now, cost)
+        else:
+            expected, states[key] = decide(states.get(key), now, policy, cost)
+            assert limiter.decide(key, now, cost) == expected
+    for key in "abc":
+        assert limiter.decide(key, now, 0) == decide(states.get(key), now, policy, 0)[0]
+
+
+def test_refund_makes_room_in_a_full_limiter() -> None:
+    """A key whose charge was refunded holds no state, so a new key finds room at once."""
+    limiter: KeyedLimiter[str] = KeyedLimiter(RatePolicy(burst=5, interval_ns=NS), max_keys=1)
+    assert limiter.decide("a", 0).allowed
+    assert not limiter.decide("b", 0).allowed
+    limiter.refund("a", 0)
+    assert len(limiter) == 0
+    assert limiter.decide("b", 0).allowed
 
 
 def test_keyed_limiter_refuses_a_cost_above_the_burst() -> None:

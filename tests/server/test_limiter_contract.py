@@ -102,6 +102,24 @@ def test_reset_refills_every_bucket(limiter: Limiter, run: Run) -> None:
     assert _decide(run, limiter, "a").remaining == BURST - 1
 
 
+def test_a_refund_gives_back_what_a_charge_took(limiter: Limiter, run: Run) -> None:
+    """A refunded charge leaves the tokens as if it had never been made, and never more."""
+    assert _decide(run, limiter, "a", 2).allowed
+    run(limiter.refund("a", 0))
+    assert _decide(run, limiter, "a", 0).remaining == BURST - 1
+    run(limiter.refund("a", 0))
+    run(limiter.refund("a", 0))  # nothing left to give back: the bucket stays full
+    assert _decide(run, limiter, "a", 0).remaining == BURST
+    run(limiter.refund("never-charged", 0))
+    assert _decide(run, limiter, "never-charged", 0).remaining == BURST
+
+
+def test_a_refund_above_the_burst_is_refused(limiter: Limiter, run: Run) -> None:
+    """Giving back more than a bucket holds is a caller's error."""
+    with pytest.raises(ValueError, match="cost"):
+        run(limiter.refund("a", 0, BURST + 1))
+
+
 def test_the_policy_is_the_one_given(limiter: Limiter) -> None:
     """The policy shown in RateLimit-Policy headers is the limiter's own."""
     assert limiter.policy == POLICY

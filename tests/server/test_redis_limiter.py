@@ -14,7 +14,7 @@ from _harness import Client, assert_problem, backup
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
-from bmcore import RatePolicy, decide
+from bmcore import RatePolicy, decide, refund
 from bmserver import Settings
 from bmserver._limiter import LimiterUnavailableError
 from bmserver._redis_limiter import GCRA_SCRIPT, RedisLimiter, connect_redis
@@ -83,6 +83,33 @@ def test_redis_decides_exactly_as_bmcore(
         expected, state = decide(state, now, policy, cost)
         got = loop.run_until_complete(limiter.decide_at(key, now, cost))
         assert got == expected, f"at {now} cost {cost}: redis {got}, bmcore {expected}"
+
+
+@hypothesis.settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenario=scenarios(), refunds=st.lists(st.booleans(), min_size=30, max_size=30))
+def test_redis_refunds_exactly_as_bmcore(
+    redis_client: redis.asyncio.Redis,
+    loop: asyncio.AbstractEventLoop,
+    redis_namespace: str,
+    scenario: tuple[RatePolicy, int, list[tuple[int, int]]],
+    refunds: list[bool],
+) -> None:
+    """Charges mixed with refunds: the state in Redis follows decide() and refund() exactly."""
+    policy, now, steps = scenario
+    limiter = RedisLimiter(redis_client, policy, namespace=redis_namespace)
+    key = uuid.uuid4().hex
+    state: int | None = None
+    for (increment, cost), refunding in zip(steps, refunds, strict=False):
+        now += increment
+        if refunding:
+            state = refund(state, now, policy, cost)
+            loop.run_until_complete(limiter.refund_at(key, now, cost))
+        else:
+            expected, state = decide(state, now, policy, cost)
+            got = loop.run_until_complete(limiter.decide_at(key, now, cost))
+            assert got == expected, f"at {now} cost {cost}: redis {got}, bmcore {expected}"
+    peeked = loop.run_until_complete(limiter.decide_at(key, now, 0))
+    assert peeked == decide(state, now, policy, 0)[0]
 
 
 # --- Redis's own clock, keys that expire, the script by its SHA ------------------------------
