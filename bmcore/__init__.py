@@ -26,6 +26,7 @@ from bmcore._apikeys import (
 from bmcore._decoding import decode_backup, decode_notification, encode_backup, encode_notification
 from bmcore._errors import ApiKeyFormatError, BmError, FieldError, PayloadError, TimestampError
 from bmcore._fields import MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH, MAX_STATUS_LENGTH, MAX_TYPE_LENGTH
+from bmcore._filters import FILTERABLE_FIELDS, check_filter
 from bmcore._matching import DeviceKey, JobKey, canonical_name
 from bmcore._models import (
     DEFAULT_SENDER,
@@ -36,7 +37,7 @@ from bmcore._models import (
     PayloadWarning,
     Severity,
 )
-from bmcore._ratelimit import Decision, KeyedLimiter, RatePolicy, decide, parse_rate
+from bmcore._ratelimit import Decision, KeyedLimiter, RatePolicy, decide, parse_rate, refund
 from bmcore._timestamps import (
     CLOCK_SKEW_TOLERANCE,
     EARLIEST_TIMESTAMP,
@@ -50,6 +51,7 @@ __all__ = [
     "CLOCK_SKEW_TOLERANCE",
     "DEFAULT_SENDER",
     "EARLIEST_TIMESTAMP",
+    "FILTERABLE_FIELDS",
     "MAX_FUTURE",
     "MAX_MESSAGE_LENGTH",
     "MAX_NAME_LENGTH",
@@ -73,6 +75,7 @@ __all__ = [
     "TimestampError",
     "canonical_name",
     "check_api_key_format",
+    "check_filter",
     "decide",
     "decode_backup",
     "decode_notification",
@@ -84,5 +87,6 @@ __all__ = [
     "hash_api_key",
     "parse_rate",
     "parse_timestamp",
+    "refund",
     "verify_api_key",
 ]

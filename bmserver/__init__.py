@@ -18,8 +18,9 @@ on one PostgreSQL database, needs the ``scale`` extra (psycopg); it is imported 
 
 from typing import TYPE_CHECKING
 
-from bmserver._app import create_app, rate_limit_headers
+from bmserver._app import create_app
 from bmserver._clock import Clock, ManualClock, SystemClock
+from bmserver._gate import rate_limit_headers
 from bmserver._keys import issue_api_key
 from bmserver._limiter import Limiter, MemoryLimiter
 from bmserver._memory import MemoryStore
@@ -27,7 +28,9 @@ from bmserver._problems import PROBLEM_CONTENT_TYPE, ProblemError
 from bmserver._settings import (
     DEFAULT_AUTH_FAILURE_POLICY,
     DEFAULT_RATE_POLICY,
+    DEFAULT_READ_RATE_POLICY,
     MAX_BODY_BYTES,
+    MAX_PAGE_BYTES,
     Settings,
 )
 from bmserver._sqlite import SqliteStore
@@ -56,7 +59,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_AUTH_FAILURE_POLICY",
     "DEFAULT_RATE_POLICY",
+    "DEFAULT_READ_RATE_POLICY",
     "MAX_BODY_BYTES",
+    "MAX_PAGE_BYTES",
     "PROBLEM_CONTENT_TYPE",
     "Account",
     "ApiKeyRecord",

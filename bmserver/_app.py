@@ -19,24 +19,27 @@ from typing import Any, Final, Generic, TypeVar
 
 import attrs
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import bmcore
+from bmserver._authentication import Authenticator
 from bmserver._clock import Clock
-from bmserver._limiter import Limiter, LimiterUnavailableError, MemoryLimiter
+from bmserver._gate import LimiterGate
+from bmserver._limiter import Limiter, MemoryLimiter
 from bmserver._openapi import openapi_document
-from bmserver._problems import AsciiJSONResponse, ProblemError, problem_response
+from bmserver._problems import AsciiJSONResponse, ProblemError, problem_response, shown
 from bmserver._reads import ReadSide
 from bmserver._settings import Settings
-from bmserver._store import ApiKeyRecord, ConflictError, Store, StoreError, WriteResult
+from bmserver._store import ConflictError, Store, StoreError, WriteResult
 from bmserver._store import Scope as KeyScope
 
-__all__ = ["create_app", "rate_limit_headers"]
+__all__ = ["create_app"]
 
 log = logging.getLogger("bmserver")
 access_log = logging.getLogger("bmserver.access")
@@ -56,25 +59,41 @@ def create_app(
     limiter: Limiter,
     clock: Clock,
     auth_failures: Limiter | None = None,
+    read_limiter: Limiter | None = None,
 ) -> Starlette:
     """Build the ingest app; everything it uses is passed in.
 
-    ``limiter`` limits requests per key; ``auth_failures`` counts failed authentications per
-    client address (in this process's memory unless given, e.g. a RedisLimiter shared by all
-    instances).
+    ``limiter`` limits ingest requests per key; ``read_limiter`` the read side's requests per
+    key (``settings.read_rate_policy``); ``auth_failures`` counts failed authentications per
+    client address. The last two are in this process's memory unless given (e.g. RedisLimiters
+    shared by all instances).
 
     The app owns the store's and the limiters' lifecycle: its lifespan opens the store at
     start-up, and at shutdown closes it, after every accepted write has been committed, and
     then the limiters.
     """
+    gate = LimiterGate(settings.on_limiter_error)
+    failures = auth_failures or MemoryLimiter(settings.auth_failure_policy)
+    reads_limiter = read_limiter or MemoryLimiter(settings.read_rate_policy)
+    authenticator = Authenticator(
+        settings=settings, store=store, clock=clock, failures=failures, gate=gate
+    )
     ingest = _Ingest(
         settings=settings,
         store=store,
         limiter=limiter,
         clock=clock,
-        auth_failures=auth_failures or MemoryLimiter(settings.auth_failure_policy),
+        authenticator=authenticator,
+        gate=gate,
     )
-    reads = ReadSide(settings=settings, store=store, authenticate=ingest.authenticate)
+    reads = ReadSide(
+        settings=settings,
+        store=store,
+        clock=clock,
+        authenticate=authenticator.authenticate,
+        limiter=reads_limiter,
+        gate=gate,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncGenerator[None]:
@@ -85,8 +104,8 @@ def create_app(
             try:
                 await store.close()
             finally:
-                await ingest.limiter.close()
-                await ingest.auth_failures.close()
+                for each in (limiter, reads_limiter, failures):
+                    await each.close()
 
     async def healthz(_: Request) -> Response:
         return AsciiJSONResponse({"status": "ok"})
@@ -108,10 +127,10 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(AccessLog)],
+        middleware=[Middleware(AccessLog), Middleware(NoStore)],
         exception_handlers={
             ProblemError: _problem_handler,
             HTTPException: _http_exception_handler,
@@ -120,6 +139,12 @@ def create_app(
             Exception: _internal_error_handler,
         },
     )
+    # Starlette answers /api/ingest/backup/ with a 307 to a URL built from the Host header,
+    # before any authentication: curl -L would then send the key and the body wherever the
+    # request named (in plain text behind a TLS proxy). A trailing slash is a 404 instead,
+    # naming the path meant.
+    app.router.redirect_slashes = False
+    return app
 
 
 async def _problem_handler(_: Request, error: Exception) -> Response:
@@ -130,19 +155,37 @@ async def _problem_handler(_: Request, error: Exception) -> Response:
 async def _http_exception_handler(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)  # noqa: S101 - registered for this type only
     headers = dict(error.headers or {})
+    path = request.scope["path"]
     if error.status_code == 404:
-        return problem_response(
-            404, "not_found", f"there is no resource at {request.url.path}", headers=headers
-        )
+        detail = f"there is no resource at {shown(path)}"
+        meant = _without_trailing_slash(request)
+        if meant is not None:
+            detail += f"; send the request to {meant}, without the trailing slash"
+        return problem_response(404, "not_found", detail, headers=headers)
     if error.status_code == 405:
         allowed = headers.get("Allow", "")
         return problem_response(
             405,
             "method_not_allowed",
-            f"{request.method} is not allowed on {request.url.path}; use {allowed}",
+            f"{shown(request.method)} is not allowed on {shown(path)}; use {allowed}",
             headers=headers,
         )
     return problem_response(error.status_code, "http_error", str(error.detail), headers=headers)
+
+
+def _without_trailing_slash(request: Request) -> str | None:
+    """The path without its trailing slashes, if that names a route of this app."""
+    path: str = request.scope["path"]
+    if not path.endswith("/") or path == "/":
+        return None
+    trimmed = path.rstrip("/") or "/"
+    candidate = {**request.scope, "path": trimmed}
+    router: Router = request.scope["app"].router
+    for route in router.routes:
+        match, _ = route.matches(candidate)
+        if match is not Match.NONE:
+            return trimmed
+    return None
 
 
 async def _client_disconnect_handler(_: Request, __: Exception) -> Response:
@@ -193,9 +236,22 @@ def loggable_path(path: str) -> str:
     >>> loggable_path("/api/x\nFAKE LOG LINE")
     '/api/x\\nFAKE LOG LINE'
     """
-    cut = _KEY_SHAPED.sub(lambda key: key[0][: 3 + _DISPLAYED_KEY_BODY] + "...", path)
-    # A decoded %0A would otherwise start a forged log line.
-    return cut if cut.isprintable() else cut.encode("unicode_escape").decode("ascii")
+    return loggable_text(
+        _KEY_SHAPED.sub(lambda key: key[0][: 3 + _DISPLAYED_KEY_BODY] + "...", path)
+    )
+
+
+def loggable_text(text: str) -> str:
+    r"""Text a client chose, as a log line may hold it: controls and other unprintables escaped.
+
+    A decoded %0A in a path would otherwise start a forged log line, and U+009B (a C1 control
+    that terminals read as an escape sequence) or U+0085 (a line break to some log readers) in
+    an X-Forwarded-For address would pass through.
+
+    >>> loggable_text("203.0.113.5\x9b31m")
+    '203.0.113.5\\x9b31m'
+    """
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 class AccessLog:
@@ -220,7 +276,8 @@ class AccessLog:
             client = scope.get("client")
             access_log.info(
                 '%s "%s %s" %d key=%s',
-                client[0] if client else "-",
+                # From X-Forwarded-For behind a trusted proxy: whatever the client wrote there.
+                loggable_text(str(client[0])) if client else "-",
                 scope["method"],
                 loggable_path(scope["path"]),
                 status,
@@ -242,15 +299,38 @@ class AccessLog:
             raise
 
 
-@attrs.define
+class NoStore:
+    """``Cache-Control: no-store`` on every answer under /api/: they carry an account's data.
+
+    No cache between the client and the server (a proxy, a browser) may keep a copy that
+    another user of it could be served.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope["path"]).startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
+
+
+@attrs.frozen
 class _Ingest:
     settings: Settings
     store: Store
     limiter: Limiter
     clock: Clock
-    auth_failures: Limiter
-    # When the limiter's backend was last reported unreachable: one warning per interval.
-    _last_limiter_warning_ns: int | None = attrs.field(default=None, init=False)
+    authenticator: Authenticator
+    gate: LimiterGate
 
     async def backup(self, request: Request) -> Response:
         return await self._ingest(request, KeyScope.INGEST, _backup_kind)
@@ -260,8 +340,10 @@ class _Ingest:
 
     async def _ingest(self, request: Request, scope: KeyScope, kind: _Kind[ModelT]) -> Response:
         raw = await _read_body(request, self.settings.max_body_bytes, self.settings.body_timeout_s)
-        key = await self.authenticate(request, scope)
-        rate_headers = await self._rate_limit(key)
+        key = await self.authenticator.authenticate(request, scope)
+        rate_headers = await self.gate.admit(
+            self.limiter, key.id, self.clock.monotonic_ns(), what="requests"
+        )
         warnings = _check_content_type(request)
         body = _decode_content(request, raw, self.settings.max_body_bytes)
         now = self.clock.now()
@@ -288,114 +370,6 @@ class _Ingest:
         return AsciiJSONResponse(
             payload, status_code=200 if result.duplicate else 201, headers=headers
         )
-
-    async def authenticate(self, request: Request, scope: KeyScope) -> ApiKeyRecord:
-        """The key record of the request's X-Api-Key, or a 401/403/429 problem."""
-        address = request.client.host if request.client else "unknown"
-        now_ns = self.clock.monotonic_ns()
-        # An address that failed too often is refused before its key is even looked at, so
-        # that a guess that happens to be right is not told apart from a wrong one.
-        standing = await self._decide(self.auth_failures, address, now_ns, 0)
-        if standing is not None and standing.remaining < 1:
-            raise _too_many_failures(self.auth_failures)
-        supplied = request.headers.get("x-api-key")
-        if not supplied:
-            detail = "send your API key in the X-Api-Key header"
-            if "api_key" in request.query_params or "apiKey" in request.query_params:
-                detail += "; keys in the URL end up in logs and are not accepted"
-            raise ProblemError(401, "missing_api_key", detail)
-        try:
-            bmcore.check_api_key_format(supplied)
-        except bmcore.ApiKeyFormatError as error:
-            await self._failed(address, now_ns)
-            raise ProblemError(401, "invalid_api_key", str(error)) from None
-        record = await self.store.find_api_key(
-            bmcore.hash_api_key(supplied, secret=self.settings.key_secret)
-        )
-        if record is None:
-            await self._failed(address, now_ns)
-            raise ProblemError(
-                401, "invalid_api_key", "this API key is unknown or was revoked; check the key"
-            )
-        request.state.key_prefix = record.prefix
-        if scope not in record.scopes:
-            raise ProblemError(
-                403,
-                "insufficient_scope",
-                f"this key ({record.prefix}...) lacks the {scope.value!r} scope; create a key "
-                f"with it: bmserver keys create --scope {scope.value}",
-            )
-        return record
-
-    async def _failed(self, address: str, now_ns: int) -> None:
-        await self._decide(self.auth_failures, address, now_ns, 1)
-
-    async def _rate_limit(self, key: ApiKeyRecord) -> dict[str, str]:
-        decision = await self._decide(self.limiter, key.id, self.clock.monotonic_ns(), 1)
-        if decision is None:  # the limiter is unreachable and the setting is to fail open
-            return {}
-        headers = rate_limit_headers(self.limiter.policy, decision)
-        if not decision.allowed:
-            raise ProblemError(
-                429,
-                "rate_limited",
-                f"this key sent more than its quota of {self.limiter.policy.burst} requests; "
-                f"retry after {decision.retry_after_s} s",
-                headers={**headers, "Retry-After": str(decision.retry_after_s)},
-            )
-        return headers
-
-    async def _decide(
-        self, limiter: Limiter, key: str, now_ns: int, cost: int
-    ) -> bmcore.Decision | None:
-        """The limiter's decision; None when it is unreachable and the setting is "open"."""
-        try:
-            return await limiter.decide(key, now_ns, cost)
-        except LimiterUnavailableError as error:
-            self._warn_limiter_unavailable(error, now_ns)
-            if self.settings.on_limiter_error == "open":
-                return None
-            raise ProblemError(
-                503,
-                "rate_limiter_unavailable",
-                "the rate limiter cannot be reached, so no request is admitted; retry later",
-                headers={"Retry-After": str(_LIMITER_RETRY_AFTER_S)},
-            ) from None
-
-    def _warn_limiter_unavailable(self, error: LimiterUnavailableError, now_ns: int) -> None:
-        last = self._last_limiter_warning_ns
-        if last is not None and now_ns - last < _LIMITER_WARNING_INTERVAL_NS:
-            return  # one line per interval, not one per request, while it lasts
-        self._last_limiter_warning_ns = now_ns
-        admitted = (
-            "admitting requests unlimited"
-            if self.settings.on_limiter_error == "open"
-            else ("refusing requests with 503")
-        )
-        log.warning("rate limiter unavailable (%s): %s", error, admitted)
-
-
-#: How long a client is told to wait when the limiter is unavailable and the setting is closed.
-_LIMITER_RETRY_AFTER_S: Final = 5
-_LIMITER_WARNING_INTERVAL_NS: Final = 10 * 1_000_000_000
-
-
-def rate_limit_headers(policy: bmcore.RatePolicy, decision: bmcore.Decision) -> dict[str, str]:
-    """The RateLimit-Policy and RateLimit headers of draft-ietf-httpapi-ratelimit-headers."""
-    return {
-        "RateLimit-Policy": f'"default";q={policy.burst};w={policy.window_s}',
-        "RateLimit": f'"default";r={decision.remaining};t={decision.reset_s}',
-    }
-
-
-def _too_many_failures(failures: Limiter) -> ProblemError:
-    wait = max(1, -(-failures.policy.interval_ns // 1_000_000_000))
-    return ProblemError(
-        429,
-        "rate_limited",
-        f"too many failed authentications from this address; retry after {wait} s",
-        headers={"Retry-After": str(wait)},
-    )
 
 
 @attrs.frozen
@@ -512,6 +486,15 @@ def _decode_content(request: Request, raw: bytes, limit: int) -> bytes:
         raise _too_large(limit, "the decompressed body is longer")
     if not inflater.eof:
         raise ProblemError(400, "invalid_json", "the gzip body is truncated")
+    if inflater.unused_data:
+        # zlib stops at the end of the first member; gzip -d (and a proxy or an inspector)
+        # would go on, and see another body than the one stored.
+        raise ProblemError(
+            400,
+            "invalid_json",
+            f"the gzip body has {len(inflater.unused_data)} bytes after its end (a second gzip "
+            "member or trailing data); send one gzip member holding the whole JSON body",
+        )
     return body
 
 

@@ -142,12 +142,26 @@ def _problem(description: str, *, headers: dict[str, Any] | None = None) -> dict
     return response
 
 
+#: Every 401 says how to authenticate (RFC 9110).
+_UNAUTHORIZED: Final = _problem(
+    "Missing or invalid API key.",
+    headers={
+        "WWW-Authenticate": {
+            "schema": {"type": "string", "const": 'ApiKey header="X-Api-Key"'},
+        }
+    },
+)
+_RATE_HEADERS: Final = {
+    "RateLimit-Policy": {"schema": {"type": "string"}},
+    "RateLimit": {"schema": {"type": "string"}},
+}
+#: Every answer under /api/ carries an account's data, or could: no cache may keep it.
+_NO_STORE: Final = {"Cache-Control": {"schema": {"type": "string", "const": "no-store"}}}
+
+
 def _ingest(summary: str, schema: str, settings: Settings) -> dict[str, Any]:
     accepted = {"schema": {"$ref": "#/components/schemas/Accepted"}}
-    rate = {
-        "RateLimit-Policy": {"schema": {"type": "string"}},
-        "RateLimit": {"schema": {"type": "string"}},
-    }
+    rate = _RATE_HEADERS
     return {
         "post": {
             "summary": summary,
@@ -163,22 +177,27 @@ def _ingest(summary: str, schema: str, settings: Settings) -> dict[str, Any]:
             "responses": {
                 "201": {
                     "description": "Stored.",
-                    "headers": {"Location": {"schema": {"type": "string"}}, **rate},
+                    "headers": {"Location": {"schema": {"type": "string"}}, **rate, **_NO_STORE},
                     "content": {"application/json": accepted},
                 },
                 "200": {
                     "description": "An idempotent repeat: nothing new stored.",
+                    "headers": {**rate, **_NO_STORE},
                     "content": {"application/json": accepted},
                 },
-                "400": _problem("Invalid JSON or fields; errors lists every field error."),
-                "401": _problem("Missing or invalid API key."),
+                "400": _problem(
+                    "Invalid JSON or fields (errors lists every field error), or a gzip body "
+                    "that is truncated or has data after its one member."
+                ),
+                "401": _UNAUTHORIZED,
                 "403": _problem("The key lacks the ingest scope."),
                 "408": _problem("The body did not arrive in time."),
                 "409": _problem("The same job and timestamp hold different content."),
                 "413": _problem("The body is too large."),
                 "415": _problem("The body is not JSON, or its encoding is not supported."),
                 "429": _problem(
-                    "Rate limited.",
+                    "The key's ingest quota is used up, or this address failed to "
+                    "authenticate too often.",
                     headers={"Retry-After": {"schema": {"type": "integer"}}, **rate},
                 ),
                 "503": _problem(
@@ -191,29 +210,49 @@ def _ingest(summary: str, schema: str, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _listing(summary: str, parameters: list[str]) -> dict[str, Any]:
+_NAME_FILTERS: Final = frozenset({"deviceName", "jobName", "sender"})
+
+
+def _listing(summary: str, parameters: list[str], settings: Settings) -> dict[str, Any]:
+    def described(name: str) -> dict[str, Any]:
+        parameter: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+        }
+        if name in _NAME_FILTERS:
+            parameter["description"] = (
+                "Matches names as reports are matched: case, surrounding and repeated "
+                "whitespace and invisible characters aside. A value no report could carry "
+                "(a control character, too long) is a 400."
+            )
+        return parameter
+
     return {
         "get": {
             "summary": summary,
             "security": [{"apiKey": []}],
-            "parameters": [
-                {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
-                for name in ["limit", "cursor", *parameters]
-            ],
+            "parameters": [described(name) for name in ["limit", "cursor", *parameters]],
             "responses": {
-                "200": {"description": "A page, newest first: {items, nextCursor}."},
+                "200": {
+                    "description": "A page, newest first: {items, nextCursor}. It holds at most "
+                    f"limit items and {settings.max_page_bytes} bytes (at least one item); "
+                    "nextCursor continues after its last item.",
+                    "headers": {**_RATE_HEADERS, **_NO_STORE},
+                },
                 "400": _problem("Invalid query parameters."),
-                "401": _problem("Missing or invalid API key."),
+                "401": _UNAUTHORIZED,
                 "403": _problem("The key lacks the read scope."),
-                "429": _RATE_LIMITED_ADDRESS,
+                "429": _READS_LIMITED,
             },
         }
     }
 
 
-_RATE_LIMITED_ADDRESS: Final = _problem(
-    "Too many failed authentications from this address.",
-    headers={"Retry-After": {"schema": {"type": "integer"}}},
+_READS_LIMITED: Final = _problem(
+    "The key's read quota is used up, or this address failed to authenticate too often.",
+    headers={"Retry-After": {"schema": {"type": "integer"}}, **_RATE_HEADERS},
 )
 
 
@@ -234,10 +273,10 @@ def _item(summary: str, schema: str) -> dict[str, Any]:
                 "200": {
                     "description": f"The stored {schema}, with its id and matched device and job."
                 },
-                "401": _problem("Missing or invalid API key."),
+                "401": _UNAUTHORIZED,
                 "403": _problem("The key lacks the read scope."),
                 "404": _problem("No entry of the key's account has this id."),
-                "429": _RATE_LIMITED_ADDRESS,
+                "429": _READS_LIMITED,
             },
         }
     }
@@ -248,14 +287,20 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
     filters = ["deviceName", "jobName", "sender", "since", "until"]
     return {
         "openapi": "3.1.0",
-        "info": {"title": "BackupMonitor Custom Ingest API (bm-ingest)", "version": "1"},
+        "info": {
+            "title": "BackupMonitor Custom Ingest API (bm-ingest)",
+            "version": "1",
+            "description": "Paths have no trailing slash: one is answered 404, never redirected.",
+        },
         "paths": {
             "/api/ingest/backup": _ingest("Post a backup entry", "BackupEntry", settings),
             "/api/ingest/notification": _ingest("Post a notification", "Notification", settings),
-            "/api/devices": _listing("List devices", []),
-            "/api/jobs": _listing("List jobs with their latest entry", ["deviceName"]),
-            "/api/backups": _listing("List backups", [*filters, "outcome", "status"]),
-            "/api/notifications": _listing("List notifications", [*filters, "severity", "type"]),
+            "/api/devices": _listing("List devices", [], settings),
+            "/api/jobs": _listing("List jobs with their latest entry", ["deviceName"], settings),
+            "/api/backups": _listing("List backups", [*filters, "outcome", "status"], settings),
+            "/api/notifications": _listing(
+                "List notifications", [*filters, "severity", "type"], settings
+            ),
             "/api/backups/{entry_id}": _item("Get one backup", "backup"),
             "/api/notifications/{entry_id}": _item("Get one notification", "notification"),
             "/healthz": {"get": {"summary": "Health", "responses": {"200": {"description": "OK"}}}},

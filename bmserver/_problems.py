@@ -11,7 +11,13 @@ from starlette.responses import JSONResponse, Response
 
 from bmcore import FieldError
 
-__all__ = ["PROBLEM_CONTENT_TYPE", "AsciiJSONResponse", "ProblemError", "problem_response"]
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "AsciiJSONResponse",
+    "ProblemError",
+    "problem_response",
+    "shown",
+]
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 
@@ -35,6 +41,23 @@ _TITLES: Final = {
     "malformed_http": "The request is not valid HTTP",
     "storage_unavailable": "The database is not available",
 }
+
+
+#: How much of a value a client sent a problem may quote: enough to recognise it.
+MAX_SHOWN: Final = 64
+
+
+def shown(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` quoted in a problem's detail: cut to ``limit`` characters, with how long it was.
+
+    An answer never echoes all of a huge query string or path back.
+
+    >>> shown("x" * 100, limit=8)
+    'xxxxxxxx... (100 characters)'
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 def problem_title(code: str) -> str:

@@ -1,9 +1,23 @@
-"""The read side: devices, jobs, backups and notifications of the key's own account."""
+"""The read side: devices, jobs, backups and notifications of the key's own account.
+
+Every request needs a key with the ``read`` scope and counts against the key's read quota
+(``Settings.read_rate_policy``, apart from ingest's). Query values are checked here, once for
+every store, by the rules the fields had to pass when they were posted (bmcore.check_filter).
+
+A page holds at most ``limit`` items and ``Settings.max_page_bytes`` bytes of JSON, then
+``nextCursor``: a message may be 16,384 characters that ASCII escaping turns into 12 bytes each,
+so a page of 1,000 could be 192 MB. Items are fetched from the store in chunks sized to what is
+left of the budget and encoded in a worker thread, so that neither the memory a page takes nor
+the time the event loop spends on it grows with what an account stored.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from datetime import datetime
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Final, TypeVar
 
 import attrs
@@ -11,7 +25,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 import bmcore
-from bmserver._problems import AsciiJSONResponse, ProblemError
+from bmserver._clock import Clock
+from bmserver._gate import LimiterGate
+from bmserver._limiter import Limiter
+from bmserver._problems import AsciiJSONResponse, ProblemError, shown
 from bmserver._settings import Settings
 from bmserver._store import (
     ApiKeyRecord,
@@ -33,6 +50,13 @@ T = TypeVar("T")
 
 _OUTCOMES: Final = {outcome.value.casefold(): outcome.value for outcome in bmcore.Outcome}
 _SEVERITIES: Final = {severity.value for severity in bmcore.Severity}
+#: Items fetched at first, before the size of an item is known.
+_FIRST_CHUNK: Final = 50
+#: Query errors listed in one answer: a huge query string is not echoed back whole.
+_MAX_LISTED_ERRORS: Final = 20
+
+#: A page's items fetched from ``cursor`` on: (limit, cursor) -> the store's page.
+_Fetch = Callable[[int, str | None], Awaitable[Page[T]]]
 
 
 @attrs.frozen
@@ -41,34 +65,48 @@ class ReadSide:
 
     settings: Settings
     store: Store
+    clock: Clock
     authenticate: Callable[[Request, Scope], Awaitable[ApiKeyRecord]]
+    #: Read requests per key.
+    limiter: Limiter
+    gate: LimiterGate
 
     async def devices(self, request: Request) -> Response:
         """GET /api/devices."""
-        key = await self.authenticate(request, Scope.READ)
+        key, headers = await self._admit(request)
         params = _Params(request, self.settings, allowed={"limit", "cursor"})
         limit, cursor = params.page()
         params.done()
-        page = await _paged(self.store.list_devices(key.account_id, limit=limit, cursor=cursor))
-        return _page_response(page, _device_json)
+        account = key.account_id
+        return await self._page(
+            lambda size, at: self.store.list_devices(account, limit=size, cursor=at),
+            _device_json,
+            limit=limit,
+            cursor=cursor,
+            headers=headers,
+        )
 
     async def jobs(self, request: Request) -> Response:
         """GET /api/jobs: each job with its latest entry and outcome."""
-        key = await self.authenticate(request, Scope.READ)
+        key, headers = await self._admit(request)
         params = _Params(request, self.settings, allowed={"limit", "cursor", "deviceName"})
         limit, cursor = params.page()
         device_name = params.text("deviceName")
         params.done()
-        page = await _paged(
-            self.store.list_jobs(
-                key.account_id, device_name=device_name, limit=limit, cursor=cursor
-            )
+        account = key.account_id
+        return await self._page(
+            lambda size, at: self.store.list_jobs(
+                account, device_name=device_name, limit=size, cursor=at
+            ),
+            _job_json,
+            limit=limit,
+            cursor=cursor,
+            headers=headers,
         )
-        return _page_response(page, _job_json)
 
     async def backups(self, request: Request) -> Response:
         """GET /api/backups, newest first, with filters."""
-        key = await self.authenticate(request, Scope.READ)
+        key, headers = await self._admit(request)
         params = _Params(
             request,
             self.settings,
@@ -86,32 +124,40 @@ class ReadSide:
             until=params.timestamp("until"),
         )
         params.done()
-        page = await _paged(
-            self.store.list_backups(key.account_id, query, limit=limit, cursor=cursor)
+        account = key.account_id
+        return await self._page(
+            lambda size, at: self.store.list_backups(account, query, limit=size, cursor=at),
+            _backup_json,
+            limit=limit,
+            cursor=cursor,
+            headers=headers,
         )
-        return _page_response(page, _backup_json)
 
     async def backup(self, request: Request) -> Response:
         """GET /api/backups/{id}: the entry a 201's Location names."""
-        key = await self.authenticate(request, Scope.READ)
+        key, headers = await self._admit(request)
         entry_id = str(request.path_params["entry_id"])
-        found = await self.store.get_backup(key.account_id, entry_id)
+        found = None
+        if _could_be_an_id(entry_id):
+            found = await self.store.get_backup(key.account_id, entry_id)
         if found is None:
-            raise _no_entry("backup", entry_id)
-        return AsciiJSONResponse(_backup_json(found))
+            raise _no_entry("backup", entry_id, headers)
+        return AsciiJSONResponse(_backup_json(found), headers=headers)
 
     async def notification(self, request: Request) -> Response:
         """GET /api/notifications/{id}."""
-        key = await self.authenticate(request, Scope.READ)
+        key, headers = await self._admit(request)
         entry_id = str(request.path_params["entry_id"])
-        found = await self.store.get_notification(key.account_id, entry_id)
+        found = None
+        if _could_be_an_id(entry_id):
+            found = await self.store.get_notification(key.account_id, entry_id)
         if found is None:
-            raise _no_entry("notification", entry_id)
-        return AsciiJSONResponse(_notification_json(found))
+            raise _no_entry("notification", entry_id, headers)
+        return AsciiJSONResponse(_notification_json(found), headers=headers)
 
     async def notifications(self, request: Request) -> Response:
         """GET /api/notifications, newest first, with filters."""
-        key = await self.authenticate(request, Scope.READ)
+        key, headers = await self._admit(request)
         params = _Params(
             request,
             self.settings,
@@ -129,15 +175,119 @@ class ReadSide:
             until=params.timestamp("until"),
         )
         params.done()
-        page = await _paged(
-            self.store.list_notifications(key.account_id, query, limit=limit, cursor=cursor)
+        account = key.account_id
+        return await self._page(
+            lambda size, at: self.store.list_notifications(account, query, limit=size, cursor=at),
+            _notification_json,
+            limit=limit,
+            cursor=cursor,
+            headers=headers,
         )
-        return _page_response(page, _notification_json)
+
+    async def _admit(self, request: Request) -> tuple[ApiKeyRecord, dict[str, str]]:
+        """The request's key, charged one read: its record and the RateLimit headers."""
+        key = await self.authenticate(request, Scope.READ)
+        now_ns = self.clock.monotonic_ns()
+        headers = await self.gate.admit(self.limiter, key.id, now_ns, what="read requests")
+        return key, headers
+
+    async def _page(
+        self,
+        fetch: _Fetch[T],
+        to_json: Callable[[T], dict[str, object]],
+        *,
+        limit: int,
+        cursor: str | None,
+        headers: dict[str, str],
+    ) -> Response:
+        """One page of at most ``limit`` items and ``max_page_bytes`` of JSON, and its cursor."""
+        budget = self.settings.max_page_bytes
+        parts: list[bytes] = []
+        size = 0
+        chunk = min(limit, _FIRST_CHUNK)
+        while True:
+            page = await _paged(fetch(chunk, cursor))
+            encoded = await _encoded(page.items, to_json, room=budget - size, first=not parts)
+            if len(encoded) < len(page.items):
+                # The budget ends inside this chunk. A cursor names the place after an item
+                # only as the store hands it out, so ask for exactly the items that fit.
+                if encoded:
+                    page = await _paged(fetch(len(encoded), cursor))
+                    # All of them, even if entries that arrived meanwhile made them longer:
+                    # the cursor is after the last one.
+                    whole = await _encoded(page.items, to_json, room=sys.maxsize, first=True)
+                    parts.extend(whole)
+                    cursor = page.next_cursor
+                break
+            parts.extend(encoded)
+            size += sum(len(part) + 1 for part in encoded)
+            cursor = page.next_cursor
+            if cursor is None or len(parts) >= limit:
+                break
+            # Sized by what the items so far weigh, so a chunk's rows take about what is left
+            # of the budget in memory, never the whole of a deep list.
+            average = max(1, size // len(parts))
+            chunk = max(1, min(limit - len(parts), (budget - size) // average + 1))
+        body = b"".join((b'{"items":[', b",".join(parts), b'],"nextCursor":', _json(cursor), b"}"))
+        return Response(body, media_type="application/json", headers=headers)
 
 
-def _no_entry(kind: str, entry_id: str) -> ProblemError:
+async def _encoded(
+    items: Sequence[T], to_json: Callable[[T], dict[str, object]], *, room: int, first: bool
+) -> list[bytes]:
+    """The leading items that fit in ``room`` bytes (with a comma each) as ASCII JSON.
+
+    A page's first item always fits. Encoding stops at the first item that does not, so that
+    no more is encoded than is sent; it runs in a worker thread, so that a long page holds up
+    no other request.
+    """
+
+    def encode() -> list[bytes]:
+        encoded: list[bytes] = []
+        left = room
+        for item in items:
+            part = _json(to_json(item))
+            left -= len(part) + 1
+            if left < 0 and not (first and not encoded):
+                break
+            encoded.append(part)
+        return encoded
+
+    if len(items) <= _INLINE_ITEMS:
+        return encode()
+    return await asyncio.to_thread(encode)
+
+
+#: Items encoded at once on the event loop; more go to a worker thread.
+_INLINE_ITEMS: Final = 1
+
+
+def _json(value: object) -> bytes:
+    # ASCII: a stored text may hold anything a client sent, and every answer is escaped JSON.
+    return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode(
+        "ascii"
+    )
+
+
+_MAX_ID_LENGTH: Final = 100
+
+
+def _could_be_an_id(entry_id: str) -> bool:
+    """Whether a path segment could be an id this server handed out (printable ASCII, short).
+
+    Anything else is not found without asking the store: PostgreSQL refuses a NUL outright.
+    """
+    return len(entry_id) <= _MAX_ID_LENGTH and entry_id.isascii() and entry_id.isprintable()
+
+
+def _no_entry(kind: str, entry_id: str, headers: dict[str, str]) -> ProblemError:
     # Another account's entry is "not found" too: its existence is not revealed.
-    return ProblemError(404, "not_found", f"this account has no {kind} with id {entry_id!r}")
+    return ProblemError(
+        404,
+        "not_found",
+        f"this account has no {kind} with id {shown(entry_id)!r}",
+        headers=headers,
+    )
 
 
 async def _paged(listing: Awaitable[Page[T]]) -> Page[T]:
@@ -153,6 +303,8 @@ async def _paged(listing: Awaitable[Page[T]]) -> Page[T]:
 
 
 _MAX_LIMIT_DIGITS = 9
+#: No ISO 8601 timestamp is longer; a longer value is refused without being parsed or echoed.
+_MAX_TIMESTAMP_LENGTH = 64
 
 
 class _Params:
@@ -163,9 +315,10 @@ class _Params:
         self._settings = settings
         self.errors: list[bmcore.FieldError] = [
             bmcore.FieldError(
-                field=name,
+                field=shown(name),
                 code="unknown_parameter",
-                message=f"{name} is not a parameter here; use one of {', '.join(sorted(allowed))}",
+                message=f"{shown(name)} is not a parameter here; use one of "
+                f"{', '.join(sorted(allowed))}",
             )
             for name in self._query
             if name not in allowed
@@ -185,19 +338,26 @@ class _Params:
             ):
                 limit = int(raw)
             else:
-                shown = raw if len(raw) <= _MAX_LIMIT_DIGITS else raw[:_MAX_LIMIT_DIGITS] + "..."
                 self.errors.append(
                     bmcore.FieldError(
                         field="limit",
                         code="invalid_limit",
                         message=f"limit must be a whole number from 1 to "
-                        f"{self._settings.max_page_size}, got {shown!r}",
+                        f"{self._settings.max_page_size}, got {shown(raw, 12)!r}",
                     )
                 )
         return limit, self._query.get("cursor") or None
 
     def text(self, name: str) -> str | None:
-        return self._query.get(name) or None
+        """A filter on a text field; empty means no filter."""
+        raw = self._query.get(name)
+        if not raw:
+            return None
+        error = bmcore.check_filter(name, raw)
+        if error is not None:
+            self.errors.append(error)
+            return None
+        return raw
 
     def choice(self, name: str, choices: dict[str, str]) -> str | None:
         raw = self._query.get(name)
@@ -210,7 +370,7 @@ class _Params:
                     field=name,
                     code="invalid_choice",
                     message=f"{name} must be one of {', '.join(sorted(choices.values()))}, "
-                    f"got {raw!r}",
+                    f"got {shown(raw)!r}",
                 )
             )
         return value
@@ -219,28 +379,51 @@ class _Params:
         raw = self._query.get(name)
         if raw is None:
             return None
+        if len(raw) > _MAX_TIMESTAMP_LENGTH:
+            self._invalid_timestamp(name, f"is {len(raw)} characters long")
+            return None
         try:
-            return bmcore.parse_timestamp(raw)
+            moment = bmcore.parse_timestamp(raw)
+            # Within datetime's range at its own offset, but perhaps not in UTC, which is what
+            # every store compares: 0001-01-01T00:00:00+01:00 is in year 0.
+            moment.astimezone(UTC)
         except bmcore.TimestampError as error:
             self.errors.append(
                 bmcore.FieldError(field=name, code=error.code, message=error.message)
             )
             return None
+        except OverflowError:
+            self.errors.append(
+                bmcore.FieldError(
+                    field=name,
+                    code="timestamp_out_of_range",
+                    message=f"{name} {raw!r} lies outside the years 1 to 9999 in UTC; send a "
+                    "time within them, such as 2000-01-01T00:00:00Z",
+                )
+            )
+            return None
+        return moment
+
+    def _invalid_timestamp(self, name: str, why: str) -> None:
+        self.errors.append(
+            bmcore.FieldError(
+                field=name,
+                code="invalid_timestamp",
+                message=f"{name} {why}; send an ISO 8601 timestamp with a UTC offset such as "
+                "2024-06-04T12:00:00Z",
+            )
+        )
 
     def done(self) -> None:
-        if self.errors:
-            raise ProblemError(
-                400,
-                "invalid_query",
-                f"{len(self.errors)} query parameter(s) are invalid; see errors",
-                errors=tuple(self.errors),
-            )
-
-
-def _page_response(page: Page[T], to_json: Callable[[T], dict[str, object]]) -> Response:
-    return AsciiJSONResponse(
-        {"items": [to_json(item) for item in page.items], "nextCursor": page.next_cursor}
-    )
+        count = len(self.errors)
+        if not count:
+            return
+        detail = f"{count} query parameter(s) are invalid; see errors"
+        if count > _MAX_LISTED_ERRORS:
+            detail += f" (the first {_MAX_LISTED_ERRORS} are listed)"
+        raise ProblemError(
+            400, "invalid_query", detail, errors=tuple(self.errors[:_MAX_LISTED_ERRORS])
+        )
 
 
 def _when(moment: datetime | None) -> str | None:

@@ -254,3 +254,80 @@ def test_ensure_first_key_is_made_only_on_an_empty_database(tmp_path: Path) -> N
     listed = bmserver("keys", "list", "--database", database).stdout
     assert listed.count("active") == 1
     assert "ingest,read" in listed
+
+
+def test_first_key_file_keeps_the_key_out_of_the_output(tmp_path: Path) -> None:
+    """--first-key-file writes the key (mode 0600) and prints only where it is; it works."""
+    database = tmp_path / "ingest.sqlite3"
+    key_file = tmp_path / "secrets" / "first-key"
+    key_file.parent.mkdir()
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "bmserver", "serve", "--port", str(port)),
+            *("--database", str(database), "--first-key-file", str(key_file)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_healthy(url, process)
+        key = key_file.read_text(encoding="ascii").strip()
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert [path.name for path in key_file.parent.iterdir()] == ["first-key"]
+        status, body = post(f"{url}/api/ingest/backup", key, payload())
+        assert status == 201, body
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert key not in output
+    assert str(key_file) in output
+    assert f"$(cat {key_file})" in output
+
+
+def test_first_key_file_is_not_touched_on_a_database_with_keys(tmp_path: Path) -> None:
+    """A database that has keys creates none: the file is neither written nor left behind."""
+    from bmserver._cli import (  # noqa: PLC0415 - the step serve runs first
+        _first_key_to_file,  # pyright: ignore[reportPrivateUsage] - the step under test
+    )
+
+    database = str(tmp_path / "used.sqlite3")
+    assert bmserver("keys", "create", "--account", "acme", "--database", database).returncode == 0
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    assert _first_key_to_file(database, folder / "first-key") is False
+    assert list(folder.iterdir()) == []
+
+
+def test_an_unwritable_first_key_file_creates_no_key(tmp_path: Path) -> None:
+    """A folder that does not exist: serve exits 2 before any key exists that nobody could see."""
+    database = tmp_path / "new.sqlite3"
+    result = bmserver(
+        "serve",
+        "--database",
+        str(database),
+        "--first-key-file",
+        str(tmp_path / "missing" / "key"),
+    )
+    assert result.returncode == 2
+    assert "cannot write --first-key-file" in result.stderr
+    assert (
+        not database.exists()
+        or "active" not in bmserver("keys", "list", "--database", str(database)).stdout
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--read-rate", "lots"], "invalid rate"),
+        (["serve", "--read-burst", "0"], "at least 1"),
+    ],
+)
+def test_bad_read_limit_flags_are_refused(args: list[str], message: str) -> None:
+    """The read quota's flags are checked like the ingest ones."""
+    result = bmserver(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
