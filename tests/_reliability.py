@@ -54,6 +54,8 @@ class Tally:
     faults: collections.Counter[str] = field(default_factory=collections.Counter[str])
     acknowledged: int = 0
     found: int = 0
+    #: Named measurements a test reports (a descriptor count, a peak of memory), in order.
+    figures: dict[str, str] = field(default_factory=dict[str, str])
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sent(self, status: int) -> None:
@@ -72,6 +74,11 @@ class Tally:
             self.acknowledged += acknowledged
             self.found += found
 
+    def figure(self, name: str, value: str) -> None:
+        """Report a named measurement; a later one of the same name replaces it."""
+        with self.lock:
+            self.figures[name] = value
+
     def lines(self) -> list[str]:
         """The report, one line per figure."""
         total = sum(self.statuses.values())
@@ -85,6 +92,7 @@ class Tally:
             f"server errors (5xx): {sum(c for s, c in self.statuses.items() if s >= 500)}",
             f"faults injected: {sum(self.faults.values())} ({faults or 'none'})",
             f"entries acknowledged: {self.acknowledged}, found in the database: {self.found}",
+            *(f"{name}: {value}" for name, value in self.figures.items()),
         ]
 
 
@@ -107,7 +115,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print the report when the suite sent anything."""
-    if not TALLY.statuses and not TALLY.faults:
+    if not TALLY.statuses and not TALLY.faults and not TALLY.figures:
         return
     terminalreporter.section("reliability report")
     for line in TALLY.lines():
@@ -192,11 +200,15 @@ class ServerProcess:
 
     Every line the server logs goes to a file under ``folder``; :attr:`log_files` lists all of
     them, so that a test can search every log line of the run. ``extra`` holds more serve flags.
+    ``database`` is a postgresql:// URL to serve from PostgreSQL instead (then :meth:`query` and
+    :meth:`count_rows`, which read the SQLite file, are not available).
     """
 
-    def __init__(self, folder: Path, *extra: str) -> None:
+    def __init__(self, folder: Path, *extra: str, database: str | None = None) -> None:
         self.folder = folder
         self.database = folder / "ingest.sqlite3"
+        #: What --database says: the SQLite file, or the PostgreSQL URL.
+        self.database_arg = database or str(self.database)
         self.extra = extra
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
@@ -207,7 +219,7 @@ class ServerProcess:
     def bmserver(self, *args: str) -> str:
         """Run a bmserver command on this database; returns what it printed."""
         result = subprocess.run(
-            [sys.executable, "-m", "bmserver", *args, "--database", str(self.database)],
+            [sys.executable, "-m", "bmserver", *args, "--database", self.database_arg],
             capture_output=True,
             text=True,
             timeout=60,
@@ -241,7 +253,7 @@ class ServerProcess:
                     "bmserver",
                     "serve",
                     "--database",
-                    str(self.database),
+                    self.database_arg,
                     "--port",
                     str(self.port),
                     *self.extra,
@@ -328,10 +340,17 @@ class ServerProcess:
         }
 
 
+#: Serve flags that lift the quotas, for tests that send many requests with one key.
+UNLIMITED: Final = (
+    *("--rate", "100000/s", "--burst", "100000"),
+    *("--read-rate", "100000/s", "--read-burst", "100000"),
+)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A running ``bmserver serve`` on a new SQLite file, with an ingest+read key for acme."""
-    process = ServerProcess(tmp_path, "--rate", "100000/s", "--burst", "100000")
+    process = ServerProcess(tmp_path, *UNLIMITED)
     process.start()
     try:
         yield process
@@ -344,10 +363,10 @@ def server_factory(tmp_path: Path) -> Iterator[Any]:
     """Build servers with other flags: ``server_factory("--rate", "1/min")`` (not started)."""
     made: list[ServerProcess] = []
 
-    def make(*extra: str) -> ServerProcess:
+    def make(*extra: str, database: str | None = None) -> ServerProcess:
         folder = tmp_path / f"server-{len(made)}"
         folder.mkdir()
-        made.append(ServerProcess(folder, *extra))
+        made.append(ServerProcess(folder, *extra, database=database))
         return made[-1]
 
     try:

@@ -13,7 +13,7 @@ import socket
 import uuid
 from collections.abc import Generator, Iterator
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -81,3 +81,22 @@ def postgres_schema(postgres_url: str) -> Iterator[str]:
     """A fresh PostgreSQL schema of this test's own, dropped afterwards."""
     with schema_named(postgres_url, f"bm_test_{uuid.uuid4().hex}") as name:
         yield name
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> Iterator[str]:
+    """A new PostgreSQL database of this test's own, dropped afterwards (for whole servers)."""
+    import psycopg  # noqa: PLC0415 - only the tests that use PostgreSQL need the driver
+    from psycopg import sql  # noqa: PLC0415
+
+    name = f"bm_test_{uuid.uuid4().hex}"
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    parts = urlsplit(postgres_url)
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as connection:
+            connection.execute(
+                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
+            )

@@ -41,6 +41,7 @@ import schemathesis.checks
 from _reliability import (
     HOST,
     TALLY,
+    UNLIMITED,
     Answer,
     ServerProcess,
     Tally,
@@ -278,9 +279,7 @@ class Target:
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory, tally: Tally) -> Iterator[Target]:
     """One ``bmserver serve`` for the whole module, with a generous rate (not under test here)."""
-    server = ServerProcess(
-        tmp_path_factory.mktemp("hostile"), "--rate", "100000/s", "--burst", "100000"
-    )
+    server = ServerProcess(tmp_path_factory.mktemp("hostile"), *UNLIMITED)
     made = Target(
         server,
         read_only_key=server.new_key("acme", "read"),
