@@ -34,6 +34,7 @@ from bmserver._gate import LimiterGate
 from bmserver._limiter import Limiter, MemoryLimiter
 from bmserver._openapi import openapi_document
 from bmserver._problems import AsciiJSONResponse, ProblemError, problem_response, shown
+from bmserver._protocol import ANSWERED_BY_PROTOCOL
 from bmserver._reads import ReadSide
 from bmserver._settings import Settings
 from bmserver._store import ConflictError, Store, StoreError, WriteResult
@@ -274,14 +275,16 @@ class AccessLog:
             # Logged when the response starts, so the line exists before the client can read
             # the answer (tests and operators see it in order).
             client = scope.get("client")
+            state = scope.get("state", {})
             access_log.info(
                 '%s "%s %s" %d key=%s',
                 # From X-Forwarded-For behind a trusted proxy: whatever the client wrote there.
                 loggable_text(str(client[0])) if client else "-",
                 scope["method"],
                 loggable_path(scope["path"]),
-                status,
-                scope.get("state", {}).get("key_prefix", "-"),
+                # The server answered malformed HTTP itself: the app's answer was never sent.
+                state.get(ANSWERED_BY_PROTOCOL, status),
+                state.get("key_prefix", "-"),
             )
 
         async def send_and_log(message: Message) -> None:

@@ -10,14 +10,18 @@ What bmserver bounds, as configured in bmserver/_cli.py (uvicorn 0.54 with its h
 - the header block of a request: h11 refuses one larger than 16 KiB (400), so a client that
   trickles headers forever holds at most that much;
 - a body: bmserver reads at most 64 KiB (413), and uvicorn stops reading a connection whose
-  unread body passes 64 KiB.
+  unread body passes 64 KiB;
+- a request head: due within 5 s of the connection opening or of the previous answer, or the
+  connection is closed (bmserver/_protocol.py; uvicorn has no such deadline);
+- a body's arrival: the app answers 408 after ``Settings.body_timeout_s``;
+- a body left unread by an early answer (a 413 on Content-Length, a 404, a GET's body): the
+  answer says ``Connection: close`` and the connection is closed (bmserver/_protocol.py).
 
-What it does not bound, and :func:`test_connections_are_closed_by_the_server_s_time_outs`
-shows as an expected failure: a connection that has not completed a request. uvicorn arms its
-only timer, the keep-alive one, after a response; a connection that has not sent a whole
-request yet (silent, or trickling headers or a body) is held for as long as the client likes.
-There is no ``limit_concurrency`` either (and it would not help: it counts these connections
-and answers 503 to the well-behaved clients once they fill it up).
+:func:`test_connections_are_closed_by_the_server_s_time_outs` and
+:func:`test_answers_given_before_the_body_do_not_hold_connections` check that every connection
+without a whole request is closed by one of these. There is no ``limit_concurrency`` (it would
+not help: it counts these connections and answers 503 to the well-behaved clients once they
+fill it up).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import contextlib
 import http.client
 import inspect
 import json
+import os
 import re
 import selectors
 import socket
@@ -76,6 +81,15 @@ HEADER_LIMIT_BYTES: Final = 16 * 1024
 KEY_SHAPED: Final = re.compile(r"bm_[A-Za-z0-9_-]{32,}")
 #: The access log line of an ingest request whose client went away mid-body.
 CUT_OFF_LINE: Final = '"POST /api/ingest/backup" 400'
+
+#: Connections answered before their body came, then held silent (the body trick).
+BODY_TRICKS: Final = scaled(200, minimum=20)
+#: Descriptors the server may hold beyond its baseline after the trick (none are expected).
+DESCRIPTOR_SLACK: Final = 5
+#: A chunked body whose chunk size is not hex: h11 refuses it once the head has been read.
+MALFORMED_CHUNK: Final = b"zz\r\n{}\r\n0\r\n\r\n"
+#: uvicorn's warning for any request h11 cannot parse; it names no request.
+INVALID_HTTP_WARNING: Final = "Invalid HTTP request received."
 
 TRICKLED_HEADERS: Final = "slow: trickled headers"
 TRICKLED_BODY: Final = "slow: trickled body"
@@ -270,6 +284,119 @@ def test_connections_are_closed_by_the_server_s_time_outs(
         + ", ".join(f"{name} {closed[name][1] - opened:.1f} s" for name in unfinished)
         + f" (head deadline {HEAD_TIMEOUT_S:.0f} s, body time-out {BODY_TIMEOUT_S:.0f} s)"
     )
+
+
+def test_answers_given_before_the_body_do_not_hold_connections(
+    server: ServerProcess, tally: Tally
+) -> None:
+    """Connections answered before their promised body came are closed, however they go on.
+
+    Each asks for an answer that the app gives without reading the body (a GET /healthz, a 404
+    and a 405 with a Content-Length of 1 MB, a POST refused 413 on its Content-Length), reads
+    it, sends one more byte and falls silent; none sends a key. The server closes every one,
+    and its open file descriptors return to where they were while the clients still hold on.
+    """
+    tricks = {
+        "GET /healthz with a body": (200, "GET", "/healthz", 1_000_000),
+        "404 with a body": (404, "GET", "/nowhere", 1_000_000),
+        "405 with a body": (405, "PUT", "/healthz", 1_000_000),
+        "413 on Content-Length": (413, "POST", "/api/ingest/backup", 10_000_000),
+    }
+    # The store's files are opened by the first request that reads: before the baseline.
+    assert (
+        request(server.url, "GET", "/api/backups", headers={"X-Api-Key": server.key}).status == 200
+    )
+    baseline = _settled_descriptors(server.pid)
+    peak = baseline
+    sockets: dict[str, socket.socket] = {}
+    answers: dict[str, set[tuple[int, bool]]] = {name: set() for name in tricks}
+    try:
+        for index in range(BODY_TRICKS):
+            name = list(tricks)[index % len(tricks)]
+            _, method, path, length = tricks[name]
+            sock = socket.create_connection((HOST, server.port), timeout=LIVENESS_S + MARGIN_S)
+            sockets[f"{name} #{index}"] = sock
+            sock.sendall(
+                f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\n"
+                f"Content-Length: {length}\r\n\r\n".encode()
+            )
+            status, close = _read_answer(sock)
+            tally.sent(status)
+            tally.fault(f"slow: {name}, then one byte")
+            answers[name].add((status, close))
+            with contextlib.suppress(OSError):  # the server may have closed already: expected
+                sock.sendall(b"x")
+            peak = max(peak, _descriptors(server.pid))
+        answered = time.monotonic()
+        closed = _watch_closes(
+            sockets,
+            first=next(iter(sockets)),
+            first_deadline=answered + UNFINISHED_WATCH_S,
+            then_s=UNFINISHED_WATCH_S,
+        )
+        # Measured while the clients still hold their sockets: only the server's closing counts.
+        after = _descriptors_down_to(server.pid, baseline + DESCRIPTOR_SLACK)
+    finally:
+        for sock in sockets.values():
+            _close(sock, reset=False)
+    tally.figure("descriptors after the body trick", f"{after} (baseline {baseline}, peak {peak})")
+    still_open = sorted(set(sockets) - set(closed))
+    assert not still_open, f"{len(still_open)} still open, e.g. {still_open[:3]}"
+    assert after <= baseline + DESCRIPTOR_SLACK, (baseline, peak, after)
+    assert answers == {name: {(trick[0], True)} for name, trick in tricks.items()}, (
+        "(status, Connection: close) of each kind"
+    )
+    _assert_clean_log(server)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "after_continue"),
+    [
+        ("GET", "/healthz", False),
+        ("POST", "/api/ingest/backup", False),
+        ("POST", "/api/ingest/backup", True),
+    ],
+    ids=["healthz", "ingest", "ingest, the app reading"],
+)
+def test_a_malformed_chunked_body_is_answered_and_logged_once(
+    server: ServerProcess, tally: Tally, method: str, path: str, *, after_continue: bool
+) -> None:
+    """A chunked body that is not valid HTTP: one answer, 400 malformed_http, one log line.
+
+    Sent with its head, or once the app is reading the body (after 100 Continue), the answer
+    is a single 400 problem; the server's log holds exactly one line for the request, with
+    400 (never the 200 the app would have answered), and no traceback.
+    """
+    line = f'"{method} {path}" '
+    logged_before = server.log_text()
+    logged_lines = logged_before.count(line)
+    head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+    head += "Transfer-Encoding: chunked\r\n"
+    with socket.create_connection((HOST, server.port), timeout=LIVENESS_S + MARGIN_S) as sock:
+        if after_continue:
+            sock.sendall(f"{head}Expect: 100-continue\r\n\r\n".encode())
+            assert _read_status(sock) == 100
+            sock.sendall(MALFORMED_CHUNK)
+        else:
+            sock.sendall(f"{head}\r\n".encode() + MALFORMED_CHUNK)
+        received = _rest_until_closed(sock)
+    statuses = [
+        int(status) for status in re.findall(rb"^HTTP/1\.1 ([2-5]\d\d) ", received, re.MULTILINE)
+    ]
+    tally.sent(statuses[0] if statuses else 0)
+    tally.fault("hostile: malformed chunk size")
+    assert statuses == [400], received
+    assert b'"code": "malformed_http"' in received, received
+
+    _wait_for_log(server, line, logged_lines + 1)
+    # One more request, logged after the malformed one's: its line, if any, is in by then.
+    assert request(server.url, "GET", "/openapi.json").status == 200
+    _wait_for_log(server, '"GET /openapi.json" 200', 1)
+    new = server.log_text()[len(logged_before) :]
+    lines = [entry for entry in new.splitlines() if line in entry]
+    assert len(lines) == 1, lines
+    assert f"{line}400 " in lines[0], lines
+    _assert_clean_log(server, allowed_warnings=(INVALID_HTTP_WARNING,))
 
 
 def test_no_key_shaped_string_in_any_log_of_the_run(
@@ -536,6 +663,51 @@ def _watch_closes(
                 if name == first:
                     deadline = time.monotonic() + then_s
     return closed
+
+
+def _read_answer(sock: socket.socket) -> tuple[int, bool]:
+    """The status of the next whole response on ``sock``, and whether it says Connection: close."""
+    response = http.client.HTTPResponse(sock)
+    try:
+        response.begin()
+        response.read()
+    except (OSError, http.client.HTTPException):
+        return 0, False
+    return response.status, response.getheader("connection", "").lower() == "close"
+
+
+def _rest_until_closed(sock: socket.socket) -> bytes:
+    """What the server sends until it closes ``sock`` (a reset is a close too)."""
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def _descriptors(pid: int) -> int:
+    """How many file descriptors the process has open, from /proc/<pid>/fd."""
+    return len(os.listdir(f"/proc/{pid}/fd"))  # noqa: PTH208 - /proc
+
+
+def _settled_descriptors(pid: int) -> int:
+    """The process's descriptor count once it holds still (connections just closed are gone)."""
+    deadline = time.monotonic() + LIVENESS_S
+    counts = [_descriptors(pid)]
+    while len(set(counts[-4:])) > 1 or len(counts) < 4:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # polling /proc, not a timing assumption
+        counts.append(_descriptors(pid))
+    return counts[-1]
+
+
+def _descriptors_down_to(pid: int, bound: int) -> int:
+    """The process's descriptor count once it is at most ``bound``, or when waiting ends."""
+    deadline = time.monotonic() + LIVENESS_S + MARGIN_S
+    while (count := _descriptors(pid)) > bound and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling /proc, not a timing assumption
+    return count
 
 
 def _rss_bytes(pid: int) -> int:

@@ -5,8 +5,13 @@ Real servers over real sockets; the time-outs are shortened so that the tests st
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
+import logging
+import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from _harness import Client, backup, serve, stop
@@ -14,9 +19,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from bmserver import Settings
+from bmserver import Limiter, ManualClock, Settings, Store, create_app
 from bmserver import _protocol as protocol
+from bmserver._problems import PROBLEM_CONTENT_TYPE
 from bmserver._protocol import GuardedH11Protocol
 
 
@@ -64,11 +71,28 @@ def guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
     async def hello(_: Request) -> PlainTextResponse:
         return PlainTextResponse("hello")
 
-    server, thread, port = serve(Starlette(routes=[Route("/", hello)]), http=GuardedH11Protocol)
+    async def count(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(len(await request.body())))
+
+    routes = [Route("/", hello), Route("/count", count, methods=["POST"])]
+    app = Starlette(routes=[*routes, Route("/start-then-read", _StartThenRead())])
+    server, thread, port = serve(app, http=GuardedH11Protocol)
     try:
         yield Client("127.0.0.1", port, "")
     finally:
         stop(server, thread)
+
+
+class _StartThenRead:
+    """An ASGI app that starts a streamed answer, reads the whole body, then ends the answer."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        del scope
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"started", "more_body": True})
+        while (message := await receive())["type"] == "http.request" and message["more_body"]:
+            pass
+        await send({"type": "http.response.body", "body": b"done"})
 
 
 @pytest.mark.parametrize(
@@ -81,3 +105,127 @@ def test_a_connection_without_a_whole_head_is_closed(guarded: Client, sent: byte
     answer = _raw(guarded, sent)
     responses = answer.count(b"HTTP/1.1 200 OK")
     assert responses == sent.count(b"\r\n\r\n")  # only whole requests were answered
+
+
+#: Heads whose body the app answers without reading (it never comes): a GET's, a 404's, a 405's.
+_UNREAD_BODIES = {
+    "GET with a body": b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n",
+    "404 with a body": b"GET /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n",
+    "405 with a body": b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n",
+    "chunked, cut off": b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nab",
+}
+
+
+@pytest.mark.parametrize("head", list(_UNREAD_BODIES.values()), ids=list(_UNREAD_BODIES))
+def test_an_answer_given_before_the_body_closes_the_connection(
+    guarded: Client, head: bytes
+) -> None:
+    """A body left unread cannot hold the connection: the answer says close, and it closes."""
+    with socket.create_connection((guarded.host, guarded.port), timeout=10) as sock:
+        sock.sendall(head)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        response.read()
+        # One more byte of the body, then silence: no deadline of the server's would end this.
+        with contextlib.suppress(OSError):
+            sock.sendall(b"x")
+        assert _rest_until_closed(sock) == b""
+    assert response.getheader("connection") == "close"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Content-Length: 5\r\n\r\nhello",
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+def test_a_body_that_was_read_keeps_the_connection_alive(guarded: Client, body: bytes) -> None:
+    """Requests whose body the app read are answered one after the other on one connection."""
+    request = b"POST /count HTTP/1.1\r\nHost: x\r\n" + body
+    answer = _raw(guarded, request + request + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.count(b"HTTP/1.1 200 OK") == 3
+    assert b"connection: close" not in answer.lower()
+
+
+def _rest_until_closed(sock: socket.socket) -> bytes:
+    """What the server sends until it closes ``sock`` (a reset is a close too)."""
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+# --- malformed HTTP in a request's body -----------------------------------------------------------
+
+_MALFORMED_CHUNK = b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+
+
+@pytest.fixture
+def bmserver_guarded(
+    settings: Settings, store: Store, limiter: Limiter, clock: ManualClock
+) -> Iterator[tuple[Client, Callable[[], None]]]:
+    """The bmserver app served with GuardedH11Protocol, and a call that stops it (idempotent)."""
+    app = create_app(settings, store=store, limiter=limiter, clock=clock)
+    server, thread, port = serve(app, http=GuardedH11Protocol)
+    try:
+        yield Client("127.0.0.1", port, ""), lambda: stop(server, thread)
+    finally:
+        stop(server, thread)
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/healthz"), ("POST", "/api/ingest/backup")])
+def test_a_malformed_chunk_is_answered_and_logged_once_as_400(
+    bmserver_guarded: tuple[Client, Callable[[], None]],
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    path: str,
+) -> None:
+    """A malformed chunked body: one 400 malformed_http answer, one access line (400), no error."""
+    client, stop_server = bmserver_guarded
+    caplog.set_level(logging.INFO, logger="bmserver.access")
+    # uvicorn's own loggers do not propagate to the root logger, where caplog listens.
+    uvicorn_logger = logging.getLogger("uvicorn")
+    uvicorn_logger.addHandler(caplog.handler)
+    try:
+        head = f"{method} {path} HTTP/1.1\r\nHost: x\r\n".encode()
+        answer = _raw(client, head + _MALFORMED_CHUNK)
+        stop_server()  # uvicorn waits for the request's task: everything it logs is in
+    finally:
+        uvicorn_logger.removeHandler(caplog.handler)
+
+    assert len(re.findall(rb"^HTTP/1\.1 ", answer, re.MULTILINE)) == 1, answer
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 400 "), answer
+    assert PROBLEM_CONTENT_TYPE.encode() in head_part
+    assert json.loads(body)["code"] == "malformed_http"
+    errors = [
+        record for record in caplog.records if record.exc_info or record.levelno >= logging.ERROR
+    ]
+    assert not errors, [record.getMessage() for record in errors]
+    lines = [record.getMessage() for record in caplog.records if record.name == "bmserver.access"]
+    assert len(lines) == 1, lines
+    assert f'"{method} {path}" 400 ' in lines[0], lines
+
+
+def test_a_malformed_chunk_once_the_answer_has_started_only_closes(
+    guarded: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No second answer fits once one has started: the connection closes, without a traceback."""
+    with socket.create_connection((guarded.host, guarded.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /start-then-read HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        received = b""
+        while b"started" not in received and (chunk := sock.recv(65536)):
+            received += chunk
+        sock.sendall(b"zz\r\n")
+        received += _rest_until_closed(sock)
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n"), received
+    assert received.count(b"HTTP/1.1 ") == 1, received
+    errors = [
+        record for record in caplog.records if record.exc_info or record.levelno >= logging.ERROR
+    ]
+    assert not errors, [record.getMessage() for record in errors]
