@@ -3,6 +3,21 @@
 These are the structure hooks the decoding converter runs per field. They know the field's
 wire name, so every message names the field, says what was expected, what came, and how to
 fix it.
+
+Text that is shown to people (the names, status and type) must read as what it is:
+
+- ``blank``: empty, only whitespace, or only default-ignorable characters (zero-width spaces,
+  Hangul fillers and the like, see :data:`bmcore._matching.DEFAULT_IGNORABLE_RANGES`) with or
+  without whitespace: a name nobody can see;
+- ``control_character``: a C0 or C1 control character (line breaks, tabs, escapes);
+- ``bidi_control``: a bidirectional embedding, override (U+202A-U+202E) or isolate
+  (U+2066-U+2069). These reorder how the text around them is displayed, so that a name can
+  show as another one ("Trojan Source", CVE-2021-42574). The bidirectional marks (U+200E,
+  U+200F, U+061C) only lend a direction to neutral characters and are allowed; matching ignores
+  them like every default-ignorable character.
+
+A message is free text and is checked only for NUL and valid Unicode. Printable ASCII, what
+nearly every payload holds, needs none of the Unicode checks and takes a fast path.
 """
 
 from __future__ import annotations
@@ -13,6 +28,7 @@ from datetime import datetime
 from typing import Final, NoReturn
 
 from bmcore._errors import TimestampError
+from bmcore._matching import DEFAULT_IGNORABLE_CLASS
 from bmcore._models import DEFAULT_SENDER, Severity
 from bmcore._timestamps import parse_timestamp
 
@@ -37,6 +53,11 @@ MAX_MESSAGE_LENGTH: Final = 16_384
 # Unicode category Cc: C0 controls, DEL and C1 controls.
 _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 _WHITESPACE: Final = re.compile(r"\s")
+# Bidirectional embeddings, overrides and isolates; see the module documentation.
+_BIDI_CONTROL: Final = re.compile("[\u202a-\u202e\u2066-\u2069]")
+_IGNORABLE: Final = re.compile(f"[{DEFAULT_IGNORABLE_CLASS}]")
+# A character that is neither whitespace nor default-ignorable: one that can be seen.
+_VISIBLE: Final = re.compile(f"[^\\s{DEFAULT_IGNORABLE_CLASS}]")
 
 
 class FieldRejectedError(ValueError):
@@ -127,6 +148,15 @@ def _check_printable(name: str, value: str) -> None:
             f"{name} contains the control character U+{ord(found.group()):04X} at position "
             f"{found.start()}; remove line breaks, tabs and other control characters",
         )
+    # Bidirectional controls are format characters: isprintable() is False for them too.
+    found = _BIDI_CONTROL.search(value)
+    if found is not None:
+        raise FieldRejectedError(
+            "bidi_control",
+            f"{name} contains the bidirectional control character U+{ord(found.group()):04X} "
+            f"at position {found.start()}, which changes the order in which text is displayed; "
+            "remove it",
+        )
 
 
 def _check_length(name: str, value: str, limit: int) -> None:
@@ -140,6 +170,20 @@ def _check_length(name: str, value: str, limit: int) -> None:
 def _check_not_blank(name: str, value: str) -> None:
     if not value or value.isspace():
         raise FieldRejectedError("blank", f"{name} must not be empty or only whitespace")
+    if not value.isascii():  # ASCII has no default-ignorable character
+        _check_visible(name, value)
+
+
+def _check_visible(name: str, value: str) -> None:
+    """Refuse text of default-ignorable characters, with or without whitespace, and nothing else."""
+    if _VISIBLE.search(value) is None:
+        invisible = _IGNORABLE.search(value)
+        if invisible is not None:  # otherwise it is only whitespace, which callers refuse
+            raise FieldRejectedError(
+                "blank",
+                f"{name} holds only invisible characters (such as U+{ord(invisible.group()):04X})"
+                "; send text that can be read",
+            )
 
 
 def _check_text(name: str, value: str, limit: int) -> str:
@@ -160,7 +204,7 @@ def _check_text(name: str, value: str, limit: int) -> str:
 
 
 def name_hook(name: str) -> Callable[[object, object], str]:
-    """deviceName, jobName: required, 1-255 characters, not blank, no control characters."""
+    """deviceName, jobName: required, 1-255 characters, visible, no control or bidi controls."""
 
     def structure(value: object, _: object) -> str:
         if type(value) is not str:
@@ -189,14 +233,14 @@ _SENDER: Final = name_hook("sender")
 
 
 def structure_status(value: object, _: object) -> str:
-    """status: free text of 1-64 characters, stored exactly as sent."""
+    """status: 1-64 characters, visible, no (bidi) controls, stored exactly as sent."""
     if type(value) is not str:
         value = _require_string("status", value)
     return _check_text("status", value, MAX_STATUS_LENGTH)
 
 
 def structure_type(value: object, _: object) -> str:
-    """type: a short identifier, 1-100 characters, no whitespace or control characters."""
+    """type: a short identifier, 1-100 characters, visible, no whitespace or (bidi) controls."""
     # The fast path: printable ASCII has one whitespace character, the space.
     if (
         type(value) is str
@@ -211,8 +255,11 @@ def structure_type(value: object, _: object) -> str:
         raise FieldRejectedError(
             "blank", "type must not be empty; send a short identifier such as disk_space_low"
         )
+    ascii_only = text.isascii()
+    if not ascii_only:
+        _check_visible("type", text)
     _check_length("type", text, MAX_TYPE_LENGTH)
-    if not text.isascii():
+    if not ascii_only:
         _check_unicode("type", text)
     _check_printable("type", text)
     found = _WHITESPACE.search(text)

@@ -23,6 +23,7 @@ from bmcore import (
     encode_notification,
     format_timestamp,
 )
+from bmcore._matching import DEFAULT_IGNORABLE_RANGES
 
 #: The receiver's clock in every test.
 NOW = datetime(2024, 6, 4, 12, 0, tzinfo=UTC)
@@ -38,6 +39,7 @@ DOCUMENTED_ERROR_CODES = frozenset(
         "blank",
         "too_long",
         "control_character",
+        "bidi_control",
         "whitespace",
         "invalid_unicode",
         "missing_utc_offset",
@@ -557,6 +559,124 @@ def test_non_ascii_spaces_and_format_characters_in_names_are_fine(char: str) -> 
     assert decoded.value.sender == name
 
 
+# Bidirectional embeddings (LRE, RLE), the closing PDF, overrides (LRO, RLO) and isolates
+# (LRI, RLI, FSI, PDI): the "Trojan Source" characters.
+BIDI_CONTROLS = [*map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))]
+# Any character a valid name may hold: no controls, surrogates or bidi controls.
+_NAME_CHARS = st.characters(
+    codec="utf-8", exclude_categories=("Cc", "Cs"), exclude_characters="".join(BIDI_CONTROLS)
+)
+# Invisible text: zero-width space, joiner and non-joiner, word joiner, byte order mark, soft
+# hyphen, Hangul fillers, a variation selector, a tag character, alone or among whitespace.
+INVISIBLE = [
+    "\u200b",
+    "\u200b\u200c\u200d",
+    " \u2060 ",
+    "\ufeff",
+    "\u00ad",
+    "\u3164",
+    "\u115f\u1160",
+    "\uffa0",
+    "\ufe0f",
+    "\U000e0041",
+    "\u00a0\u200b\u3000",
+    "\u200e\u200f",
+]
+
+
+@pytest.mark.parametrize("value", INVISIBLE)
+@pytest.mark.parametrize("name", ["deviceName", "jobName", "status", "sender"])
+def test_invisible_text_is_blank(name: str, value: str) -> None:
+    """A name or status of default-ignorable characters only (and whitespace) is blank."""
+    error = only_error(backup_errors(as_bytes(backup(**{name: value}))))
+    assert (error.field, error.code) == (f"/{name}", "blank")
+    assert "invisible" in error.message
+    assert "U+" in error.message
+
+
+@pytest.mark.parametrize("value", ["\u200b", "\u3164", "\ufeff\u2060"])
+@pytest.mark.parametrize("name", ["deviceName", "jobName", "type", "sender"])
+def test_invisible_notification_text_is_blank(name: str, value: str) -> None:
+    """A notification's names and type made of invisible characters only are blank."""
+    error = only_error(notification_errors(as_bytes(notification(**{name: value}))))
+    assert (error.field, error.code) == (f"/{name}", "blank")
+
+
+@pytest.mark.parametrize("char", BIDI_CONTROLS)
+@pytest.mark.parametrize("name", ["deviceName", "jobName", "status", "sender"])
+def test_bidi_controls_in_names_and_status_are_refused(name: str, char: str) -> None:
+    """An embedding, override or isolate in a name or status is bidi_control, naming it."""
+    error = only_error(backup_errors(as_bytes(backup(**{name: f"srv{char}10"}))))
+    assert (error.field, error.code) == (f"/{name}", "bidi_control")
+    assert f"U+{ord(char):04X}" in error.message
+    assert "position 3" in error.message
+
+
+@pytest.mark.parametrize("char", BIDI_CONTROLS)
+@pytest.mark.parametrize("name", ["deviceName", "jobName", "type", "sender"])
+def test_bidi_controls_in_notifications_are_refused(name: str, char: str) -> None:
+    """An embedding, override or isolate in a notification's names or type is bidi_control."""
+    error = only_error(notification_errors(as_bytes(notification(**{name: f"disk{char}low"}))))
+    assert (error.field, error.code) == (f"/{name}", "bidi_control")
+
+
+def test_a_control_character_is_named_before_a_bidi_control() -> None:
+    """Text with both is control_character: one error per field, the older check first."""
+    error = only_error(backup_errors(as_bytes(backup(deviceName="a\u202eb\nc"))))
+    assert error.code == "control_character"
+
+
+@pytest.mark.parametrize("char", BIDI_CONTROLS)
+def test_bidi_controls_in_a_message_are_fine(char: str) -> None:
+    """A message is free text: bidirectional controls in it are kept as sent."""
+    message = f"copied {char}12 files"
+    assert decode_backup(as_bytes(backup(message=message)), now=NOW).value.message == message
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "srv\u200b01",  # a zero-width space inside a name
+        "\u05e9\u05e8\u05ea-01\u200e",  # Hebrew with a left-to-right mark, which is allowed
+        "\U0001f468\u200d\U0001f4bb",  # an emoji sequence with a zero-width joiner
+        "\u2764\ufe0f-nas",  # a variation selector
+        "\u3164x",  # a Hangul filler beside a letter
+    ],
+)
+def test_visible_text_with_invisible_characters_is_fine(name: str) -> None:
+    """Default-ignorable characters beside visible ones are accepted and kept as sent."""
+    decoded = decode_backup(as_bytes(backup(deviceName=name, jobName=name, sender=name)), now=NOW)
+    assert decoded.value.device_name == decoded.value.job_name == decoded.value.sender == name
+    assert decode_notification(notification(type=name), now=NOW).value.type == name
+
+
+_IGNORABLE_CHARS = st.one_of(
+    [st.integers(first, last).map(chr) for first, last in DEFAULT_IGNORABLE_RANGES]
+)
+_SPACES = st.sampled_from(" \t\xa0\u2003\u3000")
+
+
+@given(st.text(_IGNORABLE_CHARS | _SPACES, max_size=20).filter(lambda text: text.strip()))
+def test_any_text_of_invisible_characters_and_spaces_is_blank(value: str) -> None:
+    """Whatever default-ignorable characters and whitespace a name holds, alone it is blank."""
+    codes = {(error.field, error.code) for error in backup_errors(backup(deviceName=value))}
+    assert codes == {("/deviceName", "blank")}
+
+
+@given(
+    st.text(_NAME_CHARS, min_size=1, max_size=20),
+    st.sampled_from(BIDI_CONTROLS),
+    st.data(),
+)
+def test_a_bidi_control_anywhere_is_refused(text: str, char: str, data: st.DataObject) -> None:
+    """A bidi control at any position of an otherwise valid name is bidi_control."""
+    position = data.draw(st.integers(0, len(text)))
+    value = "x" + text[:position] + char + text[position:]
+    (error,) = backup_errors(backup(jobName=value))
+    assert (error.field, error.code) == ("/jobName", "bidi_control")
+    assert f"position {position + 1}" in error.message
+
+
 def test_nul_in_message_is_refused() -> None:
     """A NUL character in a message is control_character at /message."""
     error = only_error(backup_errors(as_bytes(backup(message="done\x00"))))
@@ -890,17 +1010,21 @@ def test_encode_writes_non_ascii_as_utf8() -> None:
 
 # --- properties -----------------------------------------------------------------------------
 
-_TEXT = st.characters(codec="utf-8", exclude_categories=("Cc", "Cs"))
-_TYPE_TEXT = st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zs", "Zl", "Zp"))
+_TEXT = _NAME_CHARS
+_TYPE_TEXT = st.characters(
+    codec="utf-8",
+    exclude_categories=("Cc", "Cs", "Zs", "Zl", "Zp"),
+    exclude_characters="".join(BIDI_CONTROLS),
+)
 _MESSAGE_TEXT = st.characters(codec="utf-8", exclude_characters="\x00")
 
 
 def _texts(alphabet: st.SearchStrategy[str], max_size: int) -> st.SearchStrategy[str]:
-    """Non-blank text of 1 to max_size characters, often short and sometimes near the limit."""
+    """Visible text of 1 to max_size characters, often short and sometimes near the limit."""
     return st.one_of(
         st.text(alphabet, min_size=1, max_size=max_size),
         st.text(alphabet, min_size=max_size - 3, max_size=max_size),
-    ).filter(lambda text: not text.isspace())
+    ).filter(lambda text: bmcore.canonical_name(text) != "")  # neither blank nor invisible
 
 
 def _minutes(count: int) -> timedelta:
@@ -1013,6 +1137,8 @@ _PLAUSIBLE = st.sampled_from(
         "x" * 300,
         "a\nb",
         "\ud800",
+        "\u200b",
+        "a\u202eb",
     ]
 )
 _KEYS = st.sampled_from((*NOTIFICATION_FIELDS, "status", "extra")) | st.text(max_size=5)

@@ -1,4 +1,5 @@
 import hashlib
+import itertools
 import re
 import unicodedata
 
@@ -7,6 +8,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bmcore import DeviceKey, JobKey, canonical_name
+from bmcore._matching import DEFAULT_IGNORABLE_RANGES
 
 # Whitespace that str.split() treats as a separator: ASCII, NBSP, ideographic space and more.
 WHITESPACE = " \t\n\r\x0b\x0c\xa0\u1680\u2000\u2003\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -75,12 +77,132 @@ def test_case_folding_result_is_renormalised() -> None:
     assert folded == canonical_name("J\u030c I\u0307 SS")
 
 
+# --- default-ignorable characters -----------------------------------------------------------
+
+DEFAULT_IGNORABLE = frozenset(
+    code for first, last in DEFAULT_IGNORABLE_RANGES for code in range(first, last + 1)
+)
+ignorables = st.one_of([st.integers(first, last) for first, last in DEFAULT_IGNORABLE_RANGES]).map(
+    chr
+)
+# Any text, often with default-ignorable characters in it.
+names_with_ignorables = st.text(st.characters() | ignorables)
+
+
+def test_the_default_ignorable_table_is_sorted_and_disjoint() -> None:
+    """The ranges are ordered, do not touch, and hold Unicode's 4,174 code points."""
+    for first, last in DEFAULT_IGNORABLE_RANGES:
+        assert first <= last
+    for (_, last), (first, _) in itertools.pairwise(DEFAULT_IGNORABLE_RANGES):
+        assert last + 1 < first
+    assert len(DEFAULT_IGNORABLE) == 4174
+
+
+# UAX #44 derives Default_Ignorable_Code_Point as Other_Default_Ignorable_Code_Point + Cf +
+# Variation_Selector, minus White_Space, U+FFF9..U+FFFB, the Egyptian hieroglyph format controls
+# and Prepended_Concatenation_Mark. Checked against Python's own database, which holds the
+# categories and names but not the property.
+_NOT_IGNORABLE_FORMAT = frozenset(
+    [
+        *range(0x0600, 0x0606),  # Prepended_Concatenation_Mark
+        0x06DD,
+        0x070F,
+        0x0890,
+        0x0891,
+        0x08E2,
+        0x110BD,
+        0x110CD,
+        *range(0xFFF9, 0xFFFC),  # interlinear annotation
+        *range(0x13430, 0x13456),  # Egyptian hieroglyph format controls
+    ]
+)
+_OTHER_DEFAULT_IGNORABLE = frozenset([0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x3164, 0xFFA0])
+
+
+def test_the_table_follows_the_property_s_derivation() -> None:
+    """Every format character and variation selector is in the table, bar the listed exceptions.
+
+    And every assigned character in the table is one of those or of Unicode's short list of
+    other default-ignorables; the rest of the table is reserved (unassigned) code points.
+    """
+    for code in range(0x110000):
+        char = chr(code)
+        category = unicodedata.category(char)
+        selector = "VARIATION SELECTOR" in unicodedata.name(char, "")
+        derived = (category == "Cf" or selector) and code not in _NOT_IGNORABLE_FORMAT
+        if derived:
+            assert code in DEFAULT_IGNORABLE, f"U+{code:04X}"
+        elif code in DEFAULT_IGNORABLE:
+            assert category == "Cn" or code in _OTHER_DEFAULT_IGNORABLE, f"U+{code:04X}"
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [
+        ("srv\u200b01", "srv01"),  # zero-width space
+        ("\ufeffSRV01", "srv01"),  # a byte order mark in front
+        ("Nightly\u00adBackup", "nightlybackup"),  # soft hyphen
+        ("srv\u200d01\u2060", "srv01"),  # zero-width joiner, word joiner
+        ("\u3164srv01\uffa0", "srv01"),  # Hangul fillers
+        ("\u2764\ufe0f", "\u2764"),  # a variation selector
+        ("srv\U000e0041\U000e007f01", "srv01"),  # tag characters
+        ("\u05e9\u05e8\u05ea\u200f", "\u05e9\u05e8\u05ea"),  # right-to-left mark
+        ("a \u200b b", "a b"),  # a zero-width space between spaces: one run of whitespace
+        ("\u200b", ""),
+    ],
+)
+def test_default_ignorable_characters_are_removed(name: str, canonical: str) -> None:
+    """Invisible characters do not count: the canonical form is the name without them."""
+    assert canonical_name(name) == canonical
+
+
+def test_an_ignorable_between_a_letter_and_its_accent_does_not_keep_them_apart() -> None:
+    """The characters are removed before normalisation, so the letter and accent compose."""
+    assert canonical_name("CAFE\u200c\u0301") == canonical_name("caf\u00e9") == "caf\u00e9"
+
+
+@given(names, st.lists(st.tuples(st.integers(min_value=0), ignorables), max_size=5))
+@example("srv01", [(3, "\u200b")])
+@example("e\u0301", [(1, "\u034f")])
+def test_inserting_default_ignorables_changes_no_key(
+    name: str, insertions: list[tuple[int, str]]
+) -> None:
+    """Default-ignorable characters inserted anywhere leave the name's canonical form and keys."""
+    spelled = name
+    for position, char in insertions:
+        at = position % (len(spelled) + 1)
+        spelled = spelled[:at] + char + spelled[at:]
+    assert canonical_name(spelled) == canonical_name(name)
+    assert DeviceKey.of(spelled, spelled).digest == DeviceKey.of(name, name).digest
+    assert JobKey.of("s", spelled, spelled).text == JobKey.of("s", name, name).text
+
+
+@given(names_with_ignorables)
+def test_the_canonical_form_holds_no_default_ignorable(name: str) -> None:
+    """No default-ignorable character survives canonicalisation."""
+    assert not DEFAULT_IGNORABLE.intersection(map(ord, canonical_name(name)))
+
+
+def _reference_canonical_name(name: str) -> str:
+    """The documented steps, one after the other, with no fast path."""
+    visible = "".join(char for char in name if ord(char) not in DEFAULT_IGNORABLE)
+    nfd = unicodedata.normalize("NFD", visible)
+    return " ".join(unicodedata.normalize("NFC", nfd.casefold()).split())
+
+
+@given(names_with_ignorables | st.text(st.characters(max_codepoint=0x7F)))
+def test_canonical_name_follows_the_documented_steps(name: str) -> None:
+    """canonical_name, fast ASCII path included, gives what the documented steps give."""
+    assert canonical_name(name) == _reference_canonical_name(name)
+
+
 # --- canonical_name: properties -------------------------------------------------------------
 
 
-@given(names)
+@given(names_with_ignorables)
 @example("a\u0345\u0301")
 @example("\u0130 \u00df \u01f0")
+@example("e\u200b\u0301 \u034f")
 def test_canonical_name_is_idempotent(name: str) -> None:
     """Canonicalising a canonical name changes nothing."""
     once = canonical_name(name)
@@ -240,6 +362,41 @@ VECTORS: list[tuple[DeviceKey | JobKey, str, str]] = [
         "8796b2967e75a27122d38eb92c6df929",
     ),
 ]
+
+
+# Names with default-ignorable characters: the keys of the same names without them (the first
+# four vectors above), which is what a store re-keys its older rows to.
+IGNORABLE_VECTORS: list[tuple[DeviceKey | JobKey, str, str]] = [
+    (
+        DeviceKey.of("script-SRV01", "SRV\u200b01"),
+        "device:v1:12:script-srv015:srv01",
+        "ce80065478ef5969782619adaa7be437",
+    ),
+    (
+        JobKey.of("\ufeffrsync", "srv\u200d01", "Nightly\u00ad \u2060Full"),
+        "job:v1:5:rsync5:srv0112:nightly full",
+        "b7d661915c6cdd96182b781a9cceee1d",
+    ),
+    (
+        DeviceKey.of("unknown@ingest\U000e0020", "\u3164NAS1\ufe0f"),
+        "device:v1:14:unknown@ingest4:nas1",
+        "18926acb8c487370cf45158ebdd8ae79",
+    ),
+    (
+        JobKey.of(" B\u00fcro\u200c-2 ", "CAFE\u200b\u0301\xa0 01", "Sauvegarde\u3000\u034f\u00df"),
+        "job:v1:6:b\u00fcro-27:caf\u00e9 0113:sauvegarde ss",
+        "2d4491db841986af943eaab9f26c16c9",
+    ),
+]
+
+
+@pytest.mark.parametrize(("key", "text", "digest"), IGNORABLE_VECTORS)
+def test_fixed_vectors_with_default_ignorables(
+    key: DeviceKey | JobKey, text: str, digest: str
+) -> None:
+    """A name with zero-width and other invisible characters has the key of the name without."""
+    assert key.text == text
+    assert key.digest == digest
 
 
 @pytest.mark.parametrize(("key", "text", "digest"), VECTORS)
