@@ -6,8 +6,9 @@ runs one suite against it, :class:`~bmserver.SqliteStore` and ``PostgresStore``,
 tests check that the same writes give the same answers and the same listings in each.
 
 The helpers below (ids, timestamps split into UTC microseconds and an offset, content hashes,
-the idempotency facts of an entry, cursors, filters on time) are used by every store, so that
-they cannot drift apart on what "the same entry" or "the next page" means.
+the idempotency facts of an entry, cursors, filters on time and on names) are used by every
+store, so that they cannot drift apart on what "the same entry", "the next page" or "this
+device's entries" means.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_LIMIT",
     "EntryFacts",
     "MemoryStore",
+    "NameFilter",
     "TimeWindow",
     "backup_facts",
     "check_limit",
@@ -123,6 +125,9 @@ class EntryFacts(Generic[J]):
     device_digest: str
     #: A backup always names its job; a notification only when it has a job name.
     job_digest: J
+    #: (sender, device name, job name) in canonical form (bmcore.canonical_name): the SQL
+    #: stores keep them in the entry's row and in a new device's or job's, for name filters.
+    name_keys: tuple[str, str, J]
 
 
 def backup_facts(entry: bmcore.BackupEntry) -> EntryFacts[str]:
@@ -135,26 +140,62 @@ def backup_facts(entry: bmcore.BackupEntry) -> EntryFacts[str]:
         content_hash=hashlib.sha256(bmcore.encode_backup(entry)).digest(),
         device_digest=key.device.digest,
         job_digest=key.digest,
+        name_keys=(key.sender, key.device_name, key.job_name),
     )
 
 
 def notification_facts(notification: bmcore.Notification) -> EntryFacts[str | None]:
     """The facts of a notification."""
     ts_us, ts_offset = split_datetime(notification.timestamp)
-    sender, device_name, job_name = (
-        notification.sender,
-        notification.device_name,
-        notification.job_name,
+    device = bmcore.DeviceKey.of(notification.sender, notification.device_name)
+    job_name = notification.job_name
+    job = (
+        None if job_name is None else bmcore.JobKey.of(device.sender, device.device_name, job_name)
     )
     return EntryFacts(
         ts_us=ts_us,
         ts_offset=ts_offset,
         content_hash=hashlib.sha256(bmcore.encode_notification(notification)).digest(),
-        device_digest=bmcore.DeviceKey.of(sender, device_name).digest,
-        job_digest=None
-        if job_name is None
-        else bmcore.JobKey.of(sender, device_name, job_name).digest,
+        device_digest=device.digest,
+        job_digest=None if job is None else job.digest,
+        name_keys=(device.sender, device.device_name, None if job is None else job.job_name),
     )
+
+
+@attrs.frozen
+class NameFilter:
+    """A query's name filters in canonical form: names filter as reports are matched.
+
+    A device sent as ``FiltDev`` and as ``filtdev `` is one device, so a filter of either
+    spelling finds the entries of both. None means no filter. The SQL stores compare the
+    canonical names that every row keeps beside the names as sent (``sender_key``,
+    ``device_name_key``, ``job_name_key``); the memory store canonicalises the names of each
+    entry (:meth:`matches`).
+    """
+
+    sender: str | None
+    device_name: str | None
+    job_name: str | None
+
+    @classmethod
+    def of(cls, *, sender: str | None, device_name: str | None, job_name: str | None) -> Self:
+        """The filters of the names as a client sent them."""
+        return cls(_canonical(sender), _canonical(device_name), _canonical(job_name))
+
+    def matches(self, sender: str, device_name: str, job_name: str | None) -> bool:
+        """Whether names as an entry sent them pass every filter."""
+        return (
+            (self.sender is None or bmcore.canonical_name(sender) == self.sender)
+            and (self.device_name is None or bmcore.canonical_name(device_name) == self.device_name)
+            and (
+                self.job_name is None
+                or (job_name is not None and bmcore.canonical_name(job_name) == self.job_name)
+            )
+        )
+
+
+def _canonical(name: str | None) -> str | None:
+    return None if name is None else bmcore.canonical_name(name)
 
 
 @attrs.frozen
@@ -583,6 +624,7 @@ class MemoryStore:
     ) -> Page[JobRecord]:
         """Jobs of one account with their latest backup, newest first."""
         after = _cursor_place("jobs", limit, cursor)
+        names = NameFilter.of(sender=None, device_name=device_name, job_name=None)
         with self._lock:
             snapshot = list(self._jobs.values())
             latest = dict(self._latest)
@@ -591,7 +633,7 @@ class MemoryStore:
             for place, row in _ranked(
                 row for row in snapshot if row.record.account_id == account_id
             )
-            if device_name is None or row.record.device_name == device_name
+            if names.matches(row.record.sender, row.record.device_name, row.record.job_name)
         ]
         return _page(ranked, "jobs", limit, after)
 
@@ -674,26 +716,30 @@ def _duplicate(original: StoredBackup | StoredNotification, job_id: str | None) 
 
 
 def _backup_filter(query: BackupQuery) -> Callable[[bmcore.BackupEntry], bool]:
+    names = NameFilter.of(
+        sender=query.sender, device_name=query.device_name, job_name=query.job_name
+    )
+
     def matches(entry: bmcore.BackupEntry) -> bool:
         return (
-            (query.device_name is None or entry.device_name == query.device_name)
-            and (query.job_name is None or entry.job_name == query.job_name)
-            and (query.sender is None or entry.sender == query.sender)
-            and (query.outcome is None or entry.outcome.value == query.outcome)
+            (query.outcome is None or entry.outcome.value == query.outcome)
             and (query.status is None or entry.status == query.status)
+            and names.matches(entry.sender, entry.device_name, entry.job_name)
         )
 
     return matches
 
 
 def _notification_filter(query: NotificationQuery) -> Callable[[bmcore.Notification], bool]:
+    names = NameFilter.of(
+        sender=query.sender, device_name=query.device_name, job_name=query.job_name
+    )
+
     def matches(notification: bmcore.Notification) -> bool:
         return (
-            (query.device_name is None or notification.device_name == query.device_name)
-            and (query.job_name is None or notification.job_name == query.job_name)
-            and (query.sender is None or notification.sender == query.sender)
-            and (query.severity is None or notification.severity.value == query.severity)
+            (query.severity is None or notification.severity.value == query.severity)
             and (query.type is None or notification.type == query.type)
+            and names.matches(notification.sender, notification.device_name, notification.job_name)
         )
 
     return matches

@@ -1,6 +1,8 @@
 """The versioned schema of the SQLite store, and the code that brings a database up to date.
 
-Each migration is an ordered list of SQL statements. The version a database is at is kept in
+Each migration is an ordered list of SQL statements, and optionally a :class:`Backfill`: data
+that only Python can compute (bmcore's canonical names and digests), filled in after the
+statements in the same transaction. The version a database is at is kept in
 ``PRAGMA user_version`` (0 for a new file), so that a database says by itself which
 migrations it has had. :func:`apply_migrations` runs the pending ones in order, each in its own
 ``BEGIN IMMEDIATE`` transaction that also sets the new version: a migration is applied
@@ -16,14 +18,43 @@ insertion, which breaks ties between equal timestamps in the read side's orderin
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
-from typing import Final, LiteralString
+from collections.abc import Callable, Sequence
+from typing import Any, Final, LiteralString
 
 import attrs
 
+import bmcore
 from bmserver._store import StoreError
 
-__all__ = ["MIGRATIONS", "Migration", "apply_migrations", "check_versions", "schema_version"]
+__all__ = [
+    "MIGRATIONS",
+    "Backfill",
+    "Migration",
+    "apply_migrations",
+    "check_versions",
+    "rekey_devices_and_jobs",
+    "schema_version",
+]
+
+#: The rows of each query of a backfill's ``reads``, in order.
+ReadRows = Sequence[Sequence[tuple[Any, ...]]]
+#: The parameter rows of each statement of a backfill's ``writes``, in order.
+WriteRows = Sequence[Sequence[tuple[object, ...]]]
+
+
+@attrs.frozen(kw_only=True)
+class Backfill:
+    """Data a migration computes in Python, after its statements and in their transaction.
+
+    The queries of ``reads`` run first; ``plan`` turns their rows into one list of parameter
+    rows per statement of ``writes``, and each statement then runs once per row, in order. The
+    plan is a pure function, tested without a database and shared by the SQLite and PostgreSQL
+    migrations, which differ only in their SQL.
+    """
+
+    reads: tuple[LiteralString, ...]
+    plan: Callable[[ReadRows], WriteRows]
+    writes: tuple[LiteralString, ...]
 
 
 @attrs.frozen(kw_only=True)
@@ -34,6 +65,8 @@ class Migration:
     description: str
     #: Literal SQL only (never text built from values): psycopg's execute() insists on it.
     statements: tuple[LiteralString, ...]
+    #: Run after the statements, in the same transaction.
+    backfill: Backfill | None = None
 
 
 _SCHEMA: Final = Migration(
@@ -158,8 +191,144 @@ _READ_INDEXES: Final = Migration(
     ),
 )
 
+
+def rekey_devices_and_jobs(tables: ReadRows) -> WriteRows:
+    r"""The canonical names and digests of every device and job row, by today's bmcore rules.
+
+    Reads ``devices`` as (id, account_id, digest, sender, device_name) and ``jobs`` as (id,
+    account_id, device_id, digest, sender, device_name, job_name), each oldest first; gives the
+    updates (digest, sender_key, device_name_key, id) of every device and (digest, sender_key,
+    device_name_key, job_name_key, id) of every job, to run in that order.
+
+    The canonical names are those of each row's own names. The digest is the one bmcore gives
+    the row's names now, so that future reports find the row; it differs from the stored one
+    only for names with default-ignorable characters, whose canonical form changed when
+    canonical_name began to remove them (``srv\u200b01`` now has the key of ``srv01``).
+
+    When the new digest is already held by another row of the same account (``srv01`` and
+    ``srv\u200b01`` were stored as two devices), nothing is merged and nothing is lost: the row
+    that holds it keeps it, since reports of that name already match it, and the other row keeps
+    its old digest. That row is retired: no report computes its digest any more, so new
+    entries go to the row that holds the new digest, while the retired row, its jobs and its
+    entries stay as they are, listed and found by id and by the name filters (its canonical
+    names are set like any other row's). Among rows that all need one free digest, the oldest
+    gets it. A job moves to its new digest only when that digest is free and the device that
+    holds the job's new device digest is its own device, so that no job of a live key belongs
+    to a retired device; the jobs of a retired device are retired with it.
+
+    Each update is checked against the rows as they are at that point of the sequence, so that
+    running the updates in order never violates the UNIQUE (account_id, digest) constraints.
+    """
+    devices, jobs = tables
+    device_at: dict[tuple[str, str], str] = {
+        (account_id, digest): device_id for device_id, account_id, digest, *_ in devices
+    }
+    device_updates: list[tuple[object, ...]] = []
+    for device_id, account_id, digest, sender, device_name in devices:
+        device_key = bmcore.DeviceKey.of(sender, device_name)
+        kept = digest
+        if device_key.digest != digest and (account_id, device_key.digest) not in device_at:
+            del device_at[account_id, digest]
+            device_at[account_id, device_key.digest] = device_id
+            kept = device_key.digest
+        device_updates.append((kept, device_key.sender, device_key.device_name, device_id))
+    held_jobs = {(account_id, digest) for _, account_id, _, digest, *_ in jobs}
+    job_updates: list[tuple[object, ...]] = []
+    for job_id, account_id, device_id, digest, sender, device_name, job_name in jobs:
+        job_key = bmcore.JobKey.of(sender, device_name, job_name)
+        kept = digest
+        if (
+            job_key.digest != digest
+            and (account_id, job_key.digest) not in held_jobs
+            and device_at.get((account_id, job_key.device.digest)) == device_id
+        ):
+            held_jobs.remove((account_id, digest))
+            held_jobs.add((account_id, job_key.digest))
+            kept = job_key.digest
+        job_updates.append((kept, job_key.sender, job_key.device_name, job_key.job_name, job_id))
+    return [device_updates, job_updates]
+
+
+# The name filters compare canonical names (bmcore.canonical_name), which only Python computes:
+# every row keeps them beside the names as sent. Here the small tables get them, and the rows
+# whose digest changed with the canonical form are re-keyed (see rekey_devices_and_jobs).
+_NAME_KEYS: Final = Migration(
+    version=3,
+    description="canonical names of devices and jobs; keys without invisible characters",
+    statements=(
+        # SQLite adds a NOT NULL column only with a default; the backfill sets every row there
+        # is, and every insert names these columns.
+        "ALTER TABLE devices ADD COLUMN sender_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE devices ADD COLUMN device_name_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE jobs ADD COLUMN sender_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE jobs ADD COLUMN device_name_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE jobs ADD COLUMN job_name_key TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX jobs_by_device_name_key ON jobs (account_id, device_name_key, created_us)",
+        "DROP INDEX jobs_by_device_name",
+    ),
+    backfill=Backfill(
+        reads=(
+            "SELECT id, account_id, digest, sender, device_name FROM devices ORDER BY seq",
+            (
+                "SELECT id, account_id, device_id, digest, sender, device_name, job_name FROM jobs"
+                " ORDER BY seq"
+            ),
+        ),
+        plan=rekey_devices_and_jobs,
+        writes=(
+            "UPDATE devices SET digest = ?, sender_key = ?, device_name_key = ? WHERE id = ?",
+            (
+                "UPDATE jobs SET digest = ?, sender_key = ?, device_name_key = ?, job_name_key = ?"
+                " WHERE id = ?"
+            ),
+        ),
+    ),
+)
+
+# Entries keep the canonical names too, so that a name filter is an equality on an index of
+# (account_id, name, time), which yields a page in order whatever the filter selects, as the
+# indexes on the names as sent did. Each entry's are its device's and job's (the same names in
+# canonical form), copied in SQL: the large tables need no Python. A notification without a job
+# has no job name, hence NULL.
+_ENTRY_NAME_KEYS: Final = Migration(
+    version=4,
+    description="canonical names of backups and notifications, and their filters' indexes",
+    statements=(
+        "ALTER TABLE backups ADD COLUMN sender_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE backups ADD COLUMN device_name_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE backups ADD COLUMN job_name_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE notifications ADD COLUMN sender_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE notifications ADD COLUMN device_name_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE notifications ADD COLUMN job_name_key TEXT",
+        """
+        UPDATE backups SET
+            (sender_key, device_name_key) = (
+                SELECT sender_key, device_name_key FROM devices WHERE devices.id = backups.device_id
+            ),
+            job_name_key = (SELECT job_name_key FROM jobs WHERE jobs.id = backups.job_id)
+        """,
+        """
+        UPDATE notifications SET
+            (sender_key, device_name_key) = (
+                SELECT sender_key, device_name_key FROM devices
+                WHERE devices.id = notifications.device_id
+            ),
+            job_name_key = (SELECT job_name_key FROM jobs WHERE jobs.id = notifications.job_id)
+        """,
+        "CREATE INDEX backups_by_device_name_key ON backups (account_id, device_name_key, ts_us)",
+        "CREATE INDEX backups_by_job_name_key ON backups (account_id, job_name_key, ts_us)",
+        (
+            "CREATE INDEX notifications_by_device_name_key"
+            " ON notifications (account_id, device_name_key, ts_us)"
+        ),
+        "DROP INDEX backups_by_device_name",
+        "DROP INDEX backups_by_job_name",
+        "DROP INDEX notifications_by_device",
+    ),
+)
+
 #: Every migration, in order: the one at index ``i`` brings a database to version ``i + 1``.
-MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA, _READ_INDEXES)
+MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA, _READ_INDEXES, _NAME_KEYS, _ENTRY_NAME_KEYS)
 
 
 def check_versions(migrations: Sequence[Migration]) -> None:
@@ -210,6 +379,8 @@ def apply_migrations(
                 continue
             for statement in migration.statements:
                 connection.execute(statement)
+            if migration.backfill is not None:
+                _backfill(connection, migration.backfill)
             # PRAGMA takes no parameters; the version is an int from our own list.
             connection.execute(f"PRAGMA user_version = {migration.version:d}")
             connection.execute("COMMIT")
@@ -218,3 +389,9 @@ def apply_migrations(
             raise
         applied += 1
     return applied
+
+
+def _backfill(connection: sqlite3.Connection, backfill: Backfill) -> None:
+    read = [connection.execute(query).fetchall() for query in backfill.reads]
+    for statement, rows in zip(backfill.writes, backfill.plan(read), strict=True):
+        connection.executemany(statement, rows)

@@ -29,6 +29,12 @@ committed when it starts, by this instance or any other. A listing is one statem
 that finds the cursor's place in the caller's account and one that ranks the page's last row
 for the next cursor (see :class:`_Select`).
 
+Every failure of the database or of the pool reaches the caller as :class:`StoreError`, which
+the HTTP layer answers with 503 and Retry-After, with psycopg's error as its ``__cause__``: in
+open(), in every read, and in every write, be it the batch's (a lost connection) or one write's
+own (a statement time-out). That includes the pool's PoolTimeout, when no connection is free
+within ``pool_timeout_s`` because every one is busy or the server does not answer.
+
 The pool belongs to the event loop that opened the store (psycopg's async connections and the
 pool's workers live there); use the store from that loop only.
 """
@@ -46,10 +52,11 @@ import attrs
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 import bmcore
 from bmserver._memory import (
+    NameFilter,
     TimeWindow,
     backup_facts,
     check_limit,
@@ -79,7 +86,7 @@ from bmserver._store import (
     WriteResult,
 )
 
-__all__ = ["MAX_BATCH", "OPEN_TIMEOUT_S", "WRITE_ATTEMPTS", "PostgresStore"]
+__all__ = ["MAX_BATCH", "OPEN_TIMEOUT_S", "POOL_TIMEOUT_S", "WRITE_ATTEMPTS", "PostgresStore"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -91,6 +98,8 @@ MAX_BATCH: Final = 100
 WRITE_ATTEMPTS: Final = 3
 #: How long open() waits for the pool's first connections.
 OPEN_TIMEOUT_S: Final = 30.0
+#: How long a read or a batch waits for a free connection of the pool (psycopg_pool's default).
+POOL_TIMEOUT_S: Final = 30.0
 
 _Connection = AsyncConnection[TupleRow]
 _Row = tuple[Any, ...]
@@ -152,7 +161,8 @@ class PostgresStore:
     ``schema``, if given, is where the tables are (it must exist): every connection's
     ``search_path`` is set to it; by default, the tables go where the URL's search path puts
     them (usually ``public``). ``min_size`` and ``max_size`` bound the connection pool; one
-    connection at a time writes, the others read.
+    connection at a time writes, the others read. A read or a batch of writes that finds no
+    free connection within ``pool_timeout_s`` seconds fails with StoreError.
 
     ``open()`` applies pending migrations (one process at a time, however many start at once),
     opens the pool and starts the writer; ``close()`` refuses new work, commits everything
@@ -168,14 +178,19 @@ class PostgresStore:
         schema: str | None = None,
         min_size: int = 1,
         max_size: int = 10,
+        pool_timeout_s: float = POOL_TIMEOUT_S,
     ) -> None:
         if not 0 <= min_size <= max_size or max_size < 1:
             msg = f"need 0 <= min_size <= max_size and max_size >= 1, got {min_size}, {max_size}"
+            raise ValueError(msg)
+        if not pool_timeout_s > 0:
+            msg = f"pool_timeout_s must be positive, got {pool_timeout_s}"
             raise ValueError(msg)
         self.url: Final = url
         self.schema: Final = schema
         self.min_size: Final = min_size
         self.max_size: Final = max_size
+        self.pool_timeout_s: Final = pool_timeout_s
         #: How many transactions the writer has committed (a test checks that it batches).
         self.commit_count = 0
         #: How many migrations the last ``open()`` applied (0 when the schema was current).
@@ -271,9 +286,12 @@ class PostgresStore:
             connection = await AsyncConnection.connect(self.url, autocommit=True)
         except psycopg.OperationalError as error:
             raise StoreError(f"cannot connect to PostgreSQL: {error}") from error
-        async with connection:
-            await self._configure(connection)
-            return await apply_migrations(connection)
+        try:
+            async with connection:
+                await self._configure(connection)
+                return await apply_migrations(connection)
+        except psycopg.Error as error:
+            raise StoreError(f"cannot bring the schema up to date: {error}") from error
 
     async def _open_pool(self) -> AsyncConnectionPool[_Connection]:
         pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
@@ -281,6 +299,7 @@ class PostgresStore:
             kwargs={"autocommit": True},  # transactions are exactly the writer's, never implicit
             min_size=self.min_size,
             max_size=self.max_size,
+            timeout=self.pool_timeout_s,
             open=False,
             configure=self._configure,
             name="bmserver",
@@ -289,7 +308,7 @@ class PostgresStore:
             await pool.open(wait=True, timeout=OPEN_TIMEOUT_S)
         except BaseException as error:
             await pool.close()
-            if isinstance(error, PoolTimeout):
+            if isinstance(error, psycopg.Error):  # PoolTimeout among them
                 raise StoreError(f"cannot open connections to PostgreSQL: {error}") from error
             raise
         return pool
@@ -346,7 +365,7 @@ class PostgresStore:
                     if retry and isinstance(error, _TRANSIENT):
                         again.append(write)
                     else:
-                        outcomes.append((write, result, error))
+                        outcomes.append((write, result, _storage_error(error)))
         except Exception as batch_error:  # noqa: BLE001 - BEGIN, COMMIT or the connection failed
             # Nothing of this transaction is durable: every caller gets an error, none an ack.
             for write in batch:
@@ -376,6 +395,8 @@ class PostgresStore:
         try:
             async with running.pool.connection() as connection:
                 return await run(connection)
+        except psycopg.Error as error:  # PoolTimeout among them
+            raise StoreError(f"the read failed: {error}") from error
         finally:
             running.reads -= 1
             if not running.reads:
@@ -493,6 +514,7 @@ class PostgresStore:
         received = _moment(now)
         stamp = (entry.timestamp, facts.ts_offset)
         names = (entry.sender, entry.device_name, entry.job_name)
+        keys = facts.name_keys
         order = _entry_order(account_id, facts.device_digest, facts.job_digest, f"b{facts.ts_us}")
 
         async def run(connection: _Connection) -> WriteResult:
@@ -503,10 +525,10 @@ class PostgresStore:
             if found is None:
                 await _require_account(connection, account_id)
                 device_id, device_created = await _ensure_device(
-                    connection, account_id, names[:2], facts.device_digest, received
+                    connection, account_id, (*names[:2], *keys[:2]), facts.device_digest, received
                 )
                 job_id, job_created = await _insert_job(
-                    connection, (account_id, device_id), names, facts.job_digest, received
+                    connection, (account_id, device_id), (names, keys), facts.job_digest, received
                 )
             else:
                 job_id, device_id, existing = found[0], found[1], found[2:]
@@ -521,6 +543,7 @@ class PostgresStore:
                 *(entry_id, account_id, device_id, job_id, *stamp),
                 *(entry.sender, entry.device_name, entry.job_name, entry.status),
                 *(entry.outcome.value, entry.message, facts.content_hash, *received),
+                *keys,
             )
             if await _fetch(connection, _INSERT_BACKUP, values) is None:
                 # Another instance stored this job's entry at this instant since the query above.
@@ -559,16 +582,18 @@ class PostgresStore:
             device_id, device_created = await _ensure_device(
                 connection,
                 account_id,
-                (notification.sender, notification.device_name),
+                (notification.sender, notification.device_name, *facts.name_keys[:2]),
                 facts.device_digest,
                 received,
             )
             job_id: str | None = None
             job_created = False
-            if notification.job_name is not None and facts.job_digest is not None:
-                names = (notification.sender, notification.device_name, notification.job_name)
+            job_name, job_name_key = notification.job_name, facts.name_keys[2]
+            if job_name is not None and job_name_key is not None and facts.job_digest is not None:
+                names = (notification.sender, notification.device_name, job_name)
+                keys = (*facts.name_keys[:2], job_name_key)
                 job_id, job_created = await _ensure_job(
-                    connection, (account_id, device_id), names, facts.job_digest, received
+                    connection, (account_id, device_id), (names, keys), facts.job_digest, received
                 )
             entry_id = new_id("nt")
             values = (
@@ -576,6 +601,7 @@ class PostgresStore:
                 *(notification.sender, notification.device_name, notification.job_name),
                 *(notification.severity.value, notification.type, notification.message),
                 *(facts.content_hash, *received),
+                *facts.name_keys,
             )
             if await _fetch(connection, _INSERT_NOTIFICATION, values) is None:
                 # Another instance stored the same notification since the query above.
@@ -609,7 +635,8 @@ class PostgresStore:
     ) -> Page[JobRecord]:
         """Jobs of one account with their latest backup, newest first."""
         select = _Select("jobs", _JOBS_WITH_LATEST, account_id, limit=limit, cursor=cursor)
-        select.where("device_name", device_name)
+        names = NameFilter.of(sender=None, device_name=device_name, job_name=None)
+        select.where("device_name_key", names.device_name)
         return await self._read(lambda connection: select.page(connection, _job))
 
     async def get_backup(self, account_id: str, entry_id: str) -> StoredBackup | None:
@@ -632,9 +659,12 @@ class PostgresStore:
         """Backups of one account, newest timestamp first."""
         select = _Select("backups", _SELECT_BACKUPS, account_id, limit=limit, cursor=cursor)
         select.window(TimeWindow.of(query.since, query.until))
-        select.where("device_name", query.device_name)
-        select.where("job_name", query.job_name)
-        select.where("sender", query.sender)
+        names = NameFilter.of(
+            sender=query.sender, device_name=query.device_name, job_name=query.job_name
+        )
+        select.where("sender_key", names.sender)
+        select.where("device_name_key", names.device_name)
+        select.where("job_name_key", names.job_name)
         select.where("outcome", query.outcome)
         select.where("status", query.status)
         return await self._read(lambda connection: select.page(connection, _backup))
@@ -647,9 +677,12 @@ class PostgresStore:
             "notifications", _SELECT_NOTIFICATIONS, account_id, limit=limit, cursor=cursor
         )
         select.window(TimeWindow.of(query.since, query.until))
-        select.where("device_name", query.device_name)
-        select.where("job_name", query.job_name)
-        select.where("sender", query.sender)
+        names = NameFilter.of(
+            sender=query.sender, device_name=query.device_name, job_name=query.job_name
+        )
+        select.where("sender_key", names.sender)
+        select.where("device_name_key", names.device_name)
+        select.where("job_name_key", names.job_name)  # NULL without a job: it equals no name
         select.where("severity", query.severity)
         select.where("type", query.type)
         return await self._read(lambda connection: select.page(connection, _notification))
@@ -710,6 +743,15 @@ def _drain(pending: asyncio.Queue[_Write | None]) -> list[_Write]:
             writes.append(item)
 
 
+def _storage_error(error: BaseException | None) -> BaseException | None:
+    """A write's own error as its caller gets it: a failure of the database is a StoreError."""
+    if isinstance(error, psycopg.Error):
+        failure = StoreError(f"the write failed: {error}")
+        failure.__cause__ = error
+        return failure
+    return error
+
+
 def _resolve(future: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
     if future.done():  # the caller gave up (the write stands, or failed, anyway), or settled
         return
@@ -752,13 +794,14 @@ async def _require_account(connection: _Connection, account_id: str) -> None:
 async def _ensure_device(
     connection: _Connection,
     account_id: str,
-    names: tuple[str, str],
+    names: tuple[str, str, str, str],
     digest: str,
     now: _Moment,
 ) -> tuple[str, bool]:
     """The matched device's id and whether it was created; a new entry is a sign of life.
 
-    ``names`` are the entry's (sender, device name), kept as the device's if it is new.
+    ``names`` are the entry's (sender, device name) as sent and in canonical form, kept as the
+    device's if it is new.
     """
     found = await _fetch(
         connection,
@@ -793,11 +836,14 @@ async def _touch_device(connection: _Connection, device_id: str, now: _Moment) -
 async def _ensure_job(
     connection: _Connection,
     device: tuple[str, str],
-    names: tuple[str, str, str],
+    names: tuple[tuple[str, str, str], tuple[str, str, str]],
     digest: str,
     now: _Moment,
 ) -> tuple[str, bool]:
-    """The matched job's id and whether it was created (``device``: account id, device id)."""
+    """The matched job's id and whether it was created (``device``: account id, device id).
+
+    ``names`` are the entry's (sender, device name, job name) as sent and in canonical form.
+    """
     found = await _fetch(
         connection, "SELECT id FROM jobs WHERE account_id = %s AND digest = %s", (device[0], digest)
     )
@@ -809,14 +855,15 @@ async def _ensure_job(
 async def _insert_job(
     connection: _Connection,
     device: tuple[str, str],
-    names: tuple[str, str, str],
+    names: tuple[tuple[str, str, str], tuple[str, str, str]],
     digest: str,
     now: _Moment,
 ) -> tuple[str, bool]:
     """A job that was not found: created, or found again if another instance just created it."""
     account_id, device_id = device
     job_id = new_id("job")
-    values = (job_id, account_id, device_id, digest, *names, *now)
+    sent, canonical = names
+    values = (job_id, account_id, device_id, digest, *sent, *canonical, *now)
     if await _fetch(connection, _INSERT_JOB, values) is not None:
         return job_id, True
     found = await _fetch(
@@ -972,20 +1019,22 @@ _REVOKE_KEYS: Final = (
     " revoked_at, revoked_offset, seq"
 )
 _INSERT_DEVICE: Final = (
-    "INSERT INTO devices (id, account_id, digest, sender, device_name,"
-    " created_at, created_offset, last_seen_at, last_seen_offset)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    "INSERT INTO devices (id, account_id, digest, sender, device_name, sender_key,"
+    " device_name_key, created_at, created_offset, last_seen_at, last_seen_offset)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (account_id, digest) DO NOTHING RETURNING id"
 )
 _INSERT_JOB: Final = (
     "INSERT INTO jobs (id, account_id, device_id, digest, sender, device_name, job_name,"
-    " created_at, created_offset) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " sender_key, device_name_key, job_name_key, created_at, created_offset)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (account_id, digest) DO NOTHING RETURNING id"
 )
 _INSERT_BACKUP: Final = (
     "INSERT INTO backups (id, account_id, device_id, job_id, ts, ts_offset, sender,"
     " device_name, job_name, status, outcome, message, content_hash, received_at,"
-    " received_offset) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " received_offset, sender_key, device_name_key, job_name_key)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (job_id, ts) DO NOTHING RETURNING id"
 )
 # A backup's job, with the job's entry at the backup's timestamp if there is one (the
@@ -1003,7 +1052,8 @@ _FIND_BACKUP: Final = (
 _INSERT_NOTIFICATION: Final = (
     "INSERT INTO notifications (id, account_id, device_id, job_id, ts, ts_offset, sender,"
     " device_name, job_name, severity, type, message, content_hash, received_at,"
-    " received_offset) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " received_offset, sender_key, device_name_key, job_name_key)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (account_id, content_hash) DO NOTHING RETURNING id"
 )
 _FIND_NOTIFICATION: Final = (

@@ -21,12 +21,12 @@ ties between equal times in the read side's ordering and makes the pagination ke
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from bmserver._migrations import Migration, check_versions
+from bmserver._migrations import Backfill, Migration, check_versions, rekey_devices_and_jobs
 from bmserver._store import StoreError
 
 __all__ = ["LOCK_CLASS", "MIGRATIONS", "VERSION_TABLE", "apply_migrations", "schema_version"]
@@ -161,8 +161,114 @@ _READ_INDEXES: Final = Migration(
     ),
 )
 
+# As SQLite's migration 3 (see there, and rekey_devices_and_jobs for the re-keying and its rule
+# for digests that collide). The defaults fill the rows there are and are dropped at once, so
+# that an insert that forgets a canonical name fails instead of storing ''. The backfill runs
+# in the migration's transaction, under its advisory lock: one process computes it, and the
+# others wait for the commit and skip the migration.
+_NAME_KEYS: Final = Migration(
+    version=3,
+    description="canonical names of devices and jobs; keys without invisible characters",
+    statements=(
+        (
+            "ALTER TABLE devices ADD COLUMN sender_key text NOT NULL DEFAULT '',"
+            " ADD COLUMN device_name_key text NOT NULL DEFAULT ''"
+        ),
+        (
+            "ALTER TABLE devices ALTER COLUMN sender_key DROP DEFAULT,"
+            " ALTER COLUMN device_name_key DROP DEFAULT"
+        ),
+        (
+            "ALTER TABLE jobs ADD COLUMN sender_key text NOT NULL DEFAULT '',"
+            " ADD COLUMN device_name_key text NOT NULL DEFAULT '',"
+            " ADD COLUMN job_name_key text NOT NULL DEFAULT ''"
+        ),
+        (
+            "ALTER TABLE jobs ALTER COLUMN sender_key DROP DEFAULT,"
+            " ALTER COLUMN device_name_key DROP DEFAULT, ALTER COLUMN job_name_key DROP DEFAULT"
+        ),
+        (
+            "CREATE INDEX jobs_by_device_name_key"
+            " ON jobs (account_id, device_name_key, created_at, seq)"
+        ),
+        "DROP INDEX jobs_by_device_name",
+    ),
+    backfill=Backfill(
+        reads=(
+            "SELECT id, account_id, digest, sender, device_name FROM devices ORDER BY seq",
+            (
+                "SELECT id, account_id, device_id, digest, sender, device_name, job_name FROM jobs"
+                " ORDER BY seq"
+            ),
+        ),
+        plan=rekey_devices_and_jobs,
+        writes=(
+            "UPDATE devices SET digest = %s, sender_key = %s, device_name_key = %s WHERE id = %s",
+            (
+                "UPDATE jobs SET digest = %s, sender_key = %s, device_name_key = %s,"
+                " job_name_key = %s WHERE id = %s"
+            ),
+        ),
+    ),
+)
+
+# As SQLite's migration 4: entries copy their canonical names from their device and job rows,
+# one UPDATE each (a join, where SQLite looks each row up), then the filters' indexes change.
+_ENTRY_NAME_KEYS: Final = Migration(
+    version=4,
+    description="canonical names of backups and notifications, and their filters' indexes",
+    statements=(
+        (
+            "ALTER TABLE backups ADD COLUMN sender_key text NOT NULL DEFAULT '',"
+            " ADD COLUMN device_name_key text NOT NULL DEFAULT '',"
+            " ADD COLUMN job_name_key text NOT NULL DEFAULT ''"
+        ),
+        (
+            "ALTER TABLE notifications ADD COLUMN sender_key text NOT NULL DEFAULT '',"
+            " ADD COLUMN device_name_key text NOT NULL DEFAULT '',"
+            " ADD COLUMN job_name_key text"
+        ),
+        """
+        UPDATE backups SET
+            sender_key = devices.sender_key,
+            device_name_key = devices.device_name_key,
+            job_name_key = jobs.job_name_key
+        FROM devices, jobs
+        WHERE devices.id = backups.device_id AND jobs.id = backups.job_id
+        """,
+        """
+        UPDATE notifications SET
+            sender_key = devices.sender_key,
+            device_name_key = devices.device_name_key,
+            job_name_key = (SELECT job_name_key FROM jobs WHERE jobs.id = notifications.job_id)
+        FROM devices
+        WHERE devices.id = notifications.device_id
+        """,
+        (
+            "ALTER TABLE backups ALTER COLUMN sender_key DROP DEFAULT,"
+            " ALTER COLUMN device_name_key DROP DEFAULT, ALTER COLUMN job_name_key DROP DEFAULT"
+        ),
+        (
+            "ALTER TABLE notifications ALTER COLUMN sender_key DROP DEFAULT,"
+            " ALTER COLUMN device_name_key DROP DEFAULT"
+        ),
+        (
+            "CREATE INDEX backups_by_device_name_key"
+            " ON backups (account_id, device_name_key, ts, seq)"
+        ),
+        "CREATE INDEX backups_by_job_name_key ON backups (account_id, job_name_key, ts, seq)",
+        (
+            "CREATE INDEX notifications_by_device_name_key"
+            " ON notifications (account_id, device_name_key, ts, seq)"
+        ),
+        "DROP INDEX backups_by_device_name",
+        "DROP INDEX backups_by_job_name",
+        "DROP INDEX notifications_by_device",
+    ),
+)
+
 #: Every migration, in order: the one at index ``i`` brings a database to version ``i + 1``.
-MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA, _READ_INDEXES)
+MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA, _READ_INDEXES, _NAME_KEYS, _ENTRY_NAME_KEYS)
 
 _Connection = AsyncConnection[TupleRow]
 
@@ -244,7 +350,19 @@ async def _apply(connection: _Connection, migration: Migration) -> None:
         )
     for statement in migration.statements:
         await connection.execute(statement)
+    if migration.backfill is not None:
+        await _backfill(connection, migration.backfill)
     await connection.execute(
         "INSERT INTO bm_schema_migrations (version, description) VALUES (%s, %s)",
         (migration.version, migration.description),
     )
+
+
+async def _backfill(connection: _Connection, backfill: Backfill) -> None:
+    read: list[list[tuple[Any, ...]]] = []
+    for query in backfill.reads:
+        cursor = await connection.execute(query)
+        read.append(await cursor.fetchall())
+    for statement, rows in zip(backfill.writes, backfill.plan(read), strict=True):
+        async with connection.cursor() as cursor:
+            await cursor.executemany(statement, rows)

@@ -36,6 +36,7 @@ from typing import Any, Final, NamedTuple, Self, TypeVar
 import bmcore
 from bmserver._memory import (
     EntryFacts,
+    NameFilter,
     TimeWindow,
     backup_facts,
     check_limit,
@@ -494,7 +495,11 @@ class SqliteStore:
                 )
                 names = (entry.sender, entry.device_name, entry.job_name)
                 job_id, job_created = _ensure_job(
-                    connection, (account_id, device_id), names, facts.job_digest, received
+                    connection,
+                    (account_id, device_id),
+                    (names, facts.name_keys),
+                    facts.job_digest,
+                    received,
                 )
             else:
                 job_id, device_id, existing = found[0], found[1], found[2:]
@@ -513,6 +518,7 @@ class SqliteStore:
                     *(entry_id, account_id, device_id, job_id, facts.ts_us, facts.ts_offset),
                     *(entry.sender, entry.device_name, entry.job_name, entry.status),
                     *(entry.outcome.value, entry.message, facts.content_hash, *received),
+                    *facts.name_keys,
                 ),
             )
             return WriteResult(
@@ -548,10 +554,12 @@ class SqliteStore:
             )
             job_id: str | None = None
             job_created = False
-            if notification.job_name is not None and facts.job_digest is not None:
-                names = (notification.sender, notification.device_name, notification.job_name)
+            job_name, job_name_key = notification.job_name, facts.name_keys[2]
+            if job_name is not None and job_name_key is not None and facts.job_digest is not None:
+                names = (notification.sender, notification.device_name, job_name)
+                keys = (*facts.name_keys[:2], job_name_key)
                 job_id, job_created = _ensure_job(
-                    connection, (account_id, device_id), names, facts.job_digest, received
+                    connection, (account_id, device_id), (names, keys), facts.job_digest, received
                 )
             entry_id = new_id("nt")
             connection.execute(
@@ -561,6 +569,7 @@ class SqliteStore:
                     *(notification.sender, notification.device_name, notification.job_name),
                     *(notification.severity.value, notification.type, notification.message),
                     *(facts.content_hash, *received),
+                    *facts.name_keys,
                 ),
             )
             return WriteResult(
@@ -605,7 +614,8 @@ class SqliteStore:
             table="jobs",
             time_column="created_us",
         )
-        select.where("jobs.device_name", device_name)
+        names = NameFilter.of(sender=None, device_name=device_name, job_name=None)
+        select.where("jobs.device_name_key", names.device_name)
         return await self._read(lambda connection: select.page(connection, _job))
 
     async def get_backup(self, account_id: str, entry_id: str) -> StoredBackup | None:
@@ -652,9 +662,12 @@ class SqliteStore:
             time_column="ts_us",
         )
         select.window(TimeWindow.of(query.since, query.until))
-        select.where("device_name", query.device_name)
-        select.where("job_name", query.job_name)
-        select.where("sender", query.sender)
+        names = NameFilter.of(
+            sender=query.sender, device_name=query.device_name, job_name=query.job_name
+        )
+        select.where("sender_key", names.sender)
+        select.where("device_name_key", names.device_name)
+        select.where("job_name_key", names.job_name)
         select.where("outcome", query.outcome)
         select.where("status", query.status)
         return await self._read(lambda connection: select.page(connection, _backup))
@@ -673,9 +686,12 @@ class SqliteStore:
             time_column="ts_us",
         )
         select.window(TimeWindow.of(query.since, query.until))
-        select.where("device_name", query.device_name)
-        select.where("job_name", query.job_name)
-        select.where("sender", query.sender)
+        names = NameFilter.of(
+            sender=query.sender, device_name=query.device_name, job_name=query.job_name
+        )
+        select.where("sender_key", names.sender)
+        select.where("device_name_key", names.device_name)
+        select.where("job_name_key", names.job_name)  # NULL without a job: it equals no name
         select.where("severity", query.severity)
         select.where("type", query.type)
         return await self._read(lambda connection: select.page(connection, _notification))
@@ -752,15 +768,16 @@ def _ensure_device(
     if row is None:
         device_id = new_id("dev")
         connection.execute(
-            "INSERT INTO devices (id, account_id, digest, sender, device_name,"
-            " created_us, created_offset, last_seen_us, last_seen_offset)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO devices (id, account_id, digest, sender, device_name, sender_key,"
+            " device_name_key, created_us, created_offset, last_seen_us, last_seen_offset)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 device_id,
                 account_id,
                 facts.device_digest,
                 entry.sender,
                 entry.device_name,
+                *facts.name_keys[:2],
                 *now,
                 *now,
             ),
@@ -782,13 +799,14 @@ def _touch_device(connection: sqlite3.Connection, device_id: str, now: tuple[int
 def _ensure_job(
     connection: sqlite3.Connection,
     device: tuple[str, str],
-    names: tuple[str, str, str],
+    names: tuple[tuple[str, str, str], tuple[str, str, str]],
     digest: str,
     now: tuple[int, int],
 ) -> tuple[str, bool]:
     """The matched job's id and whether it was created, with the names this entry sent.
 
-    ``device`` is (account id, device id) of the device the job runs on.
+    ``device`` is (account id, device id) of the device the job runs on; ``names`` are the
+    (sender, device name, job name) as sent and in canonical form.
     """
     account_id, device_id = device
     row = connection.execute(
@@ -797,10 +815,12 @@ def _ensure_job(
     if row is not None:
         return str(row[0]), False
     job_id = new_id("job")
+    sent, canonical = names
     connection.execute(
         "INSERT INTO jobs (id, account_id, device_id, digest, sender, device_name, job_name,"
-        " created_us, created_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (job_id, account_id, device_id, digest, *names, *now),
+        " sender_key, device_name_key, job_name_key, created_us, created_offset)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (job_id, account_id, device_id, digest, *sent, *canonical, *now),
     )
     return job_id, True
 
@@ -954,7 +974,8 @@ _SELECT_DEVICES: Final = (
 _INSERT_BACKUP: Final = (
     "INSERT INTO backups (id, account_id, device_id, job_id, ts_us, ts_offset, sender,"
     " device_name, job_name, status, outcome, message, content_hash, received_us,"
-    " received_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " received_offset, sender_key, device_name_key, job_name_key)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 # A backup's job, with the job's entry at the backup's timestamp if there is one (the
 # idempotency check): both in one probe of UNIQUE (account_id, digest) and UNIQUE (job_id, ts_us).
@@ -971,7 +992,8 @@ _SELECT_BACKUPS: Final = (
 _INSERT_NOTIFICATION: Final = (
     "INSERT INTO notifications (id, account_id, device_id, job_id, ts_us, ts_offset, sender,"
     " device_name, job_name, severity, type, message, content_hash, received_us,"
-    " received_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " received_offset, sender_key, device_name_key, job_name_key)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SELECT_NOTIFICATIONS: Final = (
     "SELECT id, account_id, device_id, job_id, ts_us, ts_offset, sender, device_name,"

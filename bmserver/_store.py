@@ -5,6 +5,14 @@ writer thread that commits in batches, readers on their own connections), the in
 answers at once. A write's coroutine returns only once the write is durable (committed), so
 the HTTP layer never acknowledges an entry that could still be lost.
 
+Names filter the way reports are matched. The name filters of :class:`BackupQuery` and
+:class:`NotificationQuery` (``device_name``, ``job_name``, ``sender``) and ``list_jobs``'
+``device_name`` take the text as the client sent it and compare canonical forms
+(:func:`bmcore.canonical_name`: case-folded, whitespace collapsed, invisible characters
+removed): a device sent as ``FiltDev`` and as ``filtdev`` is one device, and a filter of either
+spelling finds every entry of it, whichever spelling each entry was sent with. Every store
+does it identically. ``status`` and ``type`` filters compare the text exactly as sent.
+
 Error hierarchy::
 
     StoreError(Exception)
@@ -169,7 +177,11 @@ class StoredNotification:
 
 @attrs.frozen(kw_only=True)
 class BackupQuery:
-    """Filters for listing backups; None means no filter. Names match exactly as sent."""
+    """Filters for listing backups; None means no filter.
+
+    Names (``device_name``, ``job_name``, ``sender``) match by canonical form, as reports are
+    matched (see the module documentation); ``outcome`` and ``status`` match exactly.
+    """
 
     device_name: str | None = None
     job_name: str | None = None
@@ -182,7 +194,12 @@ class BackupQuery:
 
 @attrs.frozen(kw_only=True)
 class NotificationQuery:
-    """Filters for listing notifications; None means no filter."""
+    """Filters for listing notifications; None means no filter.
+
+    Names (``device_name``, ``job_name``, ``sender``) match by canonical form, as reports are
+    matched (see the module documentation); ``severity`` and ``type`` match exactly. A job name
+    filter finds only notifications that name a job.
+    """
 
     device_name: str | None = None
     job_name: str | None = None
@@ -279,7 +296,10 @@ class Store(Protocol):
     async def list_jobs(
         self, account_id: str, *, device_name: str | None, limit: int, cursor: str | None
     ) -> Page[JobRecord]:
-        """Jobs of one account with their latest entry, newest first."""
+        """Jobs of one account with their latest entry, newest first.
+
+        ``device_name`` keeps the jobs of devices with that name in canonical form.
+        """
         ...
 
     async def list_backups(

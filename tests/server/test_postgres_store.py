@@ -22,13 +22,16 @@ from urllib.parse import quote
 import attrs
 import psycopg
 import pytest
+from _first_release import Report, old_digest, old_tables
 from _postgres_tables import connect, empty_schema
 from _services import schema_named
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
+from psycopg_pool import PoolTimeout
 
 import bmcore
+from bmcore import canonical_name
 from bmserver._memory import MemoryStore, split_datetime
 from bmserver._migrations import Migration
 from bmserver._postgres import MAX_BATCH, PostgresStore
@@ -134,8 +137,8 @@ def catalog(url: str, schema: str) -> list[tuple[str, str]]:
 async def test_a_new_schema_gets_every_migration(url: str, schema: str) -> None:
     """An empty schema is brought to the latest version, with every table and index."""
     async with PostgresStore(url, schema=schema) as store:
-        assert store.migrations_applied == len(MIGRATIONS) == 2
-    assert versions(url, schema) == [1, 2]
+        assert store.migrations_applied == len(MIGRATIONS) == 4
+    assert versions(url, schema) == [1, 2, 3, 4]
     names = {name for name, _ in catalog(url, schema)}
     tables = {"accounts", "api_keys", "devices", "jobs", "backups", "notifications"}
     assert tables | {"bm_schema_migrations"} <= names
@@ -151,7 +154,7 @@ async def test_reopening_migrates_nothing(url: str, schema: str) -> None:
     async with PostgresStore(url, schema=schema) as store:
         assert store.migrations_applied == 0
     assert catalog(url, schema) == before
-    assert versions(url, schema) == [1, 2]
+    assert versions(url, schema) == [1, 2, 3, 4]
 
 
 @run_async
@@ -161,7 +164,7 @@ async def test_stores_opening_at_once_migrate_once(url: str, schema: str) -> Non
     await asyncio.gather(*(store.open() for store in stores))
     try:
         assert sum(store.migrations_applied for store in stores) == len(MIGRATIONS)
-        assert versions(url, schema) == [1, 2]
+        assert versions(url, schema) == [1, 2, 3, 4]
     finally:
         await asyncio.gather(*(store.close() for store in stores))
 
@@ -185,7 +188,7 @@ async def test_a_migrator_that_waited_for_the_lock_skips(url: str, schema: str) 
         await opening
     try:
         assert store.migrations_applied == 0
-        assert versions(url, schema) == [1, 2]
+        assert versions(url, schema) == [1, 2, 3, 4]
     finally:
         await store.close()
 
@@ -208,8 +211,173 @@ async def test_an_old_schema_is_upgraded(url: str, schema: str) -> None:
         assert account.created_at == datetime(1970, 1, 1, tzinfo=UTC)
         assert account.created_at.utcoffset() == timedelta(hours=1)
         await store.add_backup(account.id, backup(1), now=NOW)
-    assert versions(url, schema) == [1, 2]
+    assert versions(url, schema) == [1, 2, 3, 4]
     assert "backups_newest" in {name for name, _ in catalog(url, schema)}
+
+
+async def _schema_at_version_2(url: str, schema: str, reports: Sequence[Report]) -> None:
+    """A schema as the first release left it: two migrations, rows keyed by the old rule.
+
+    Each report is stored as a backup, an hour after the one before (``run <index>``), and as
+    a notification at the same time (``note <index>``) that names the job for an even index.
+    """
+    device_rows, job_rows = old_tables(reports)
+    job_at = {(row[1], row[3]): (row[2], row[0]) for row in job_rows}
+    await _first_two_migrations(url, schema)
+    with connect(url, schema) as connection:
+        for account in sorted({report[0] for report in reports}):
+            connection.execute(
+                "INSERT INTO accounts (id, name, created_at, created_offset)"
+                " VALUES (%s, %s, %s, 0)",
+                (account, account, BASE),
+            )
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO devices (id, account_id, digest, sender, device_name, created_at,"
+                " created_offset, last_seen_at, last_seen_offset)"
+                " VALUES (%s, %s, %s, %s, %s, %s, 0, %s, 0)",
+                [(*row, BASE, BASE) for row in device_rows],
+            )
+            cursor.executemany(
+                "INSERT INTO jobs (id, account_id, device_id, digest, sender, device_name,"
+                " job_name, created_at, created_offset) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 0)",
+                [(*row, BASE) for row in job_rows],
+            )
+        for index, (account, sender, device, job) in enumerate(reports):
+            entry = attrs.evolve(backup(index, job=job, device=device), sender=sender)
+            device_id, job_id = job_at[account, old_digest("job", sender, device, job)]
+            connection.execute(
+                "INSERT INTO backups (id, account_id, device_id, job_id, ts, ts_offset, sender,"
+                " device_name, job_name, status, outcome, message, content_hash, received_at,"
+                " received_offset)"
+                " VALUES (%s, %s, %s, %s, %s, 0, %s, %s, %s, %s, %s, %s, %s, %s, 0)",
+                (
+                    *(f"bk_{index:016x}", account, device_id, job_id, entry.timestamp),
+                    *(sender, device, job, entry.status, entry.outcome.value, entry.message),
+                    hashlib.sha256(bmcore.encode_backup(entry)).digest(),
+                    BASE,
+                ),
+            )
+            note = bmcore.Notification(
+                device_name=device,
+                timestamp=entry.timestamp,
+                severity=bmcore.Severity.INFO,
+                type="report",
+                job_name=None if index % 2 else job,
+                message=f"note {index}",
+                sender=sender,
+            )
+            connection.execute(
+                "INSERT INTO notifications (id, account_id, device_id, job_id, ts, ts_offset,"
+                " sender, device_name, job_name, severity, type, message, content_hash,"
+                " received_at, received_offset)"
+                " VALUES (%s, %s, %s, %s, %s, 0, %s, %s, %s, 'info', 'report', %s, %s, %s, 0)",
+                (
+                    *(
+                        f"nt_{index:016x}",
+                        account,
+                        device_id,
+                        None if note.job_name is None else job_id,
+                    ),
+                    *(note.timestamp, sender, device, note.job_name, note.message),
+                    hashlib.sha256(bmcore.encode_notification(note)).digest(),
+                    BASE,
+                ),
+            )
+
+
+async def _first_two_migrations(url: str, schema: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
+        await connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        assert await apply_migrations(connection, MIGRATIONS[:2]) == 2
+
+
+async def _messages(store: PostgresStore, query: BackupQuery) -> list[str]:
+    page = await store.list_backups("acme", query, limit=100, cursor=None)
+    return [stored.entry.message for stored in page.items]
+
+
+@run_async
+async def test_an_upgrade_from_version_2_rekeys_and_fills_the_name_filters(
+    url: str, schema: str
+) -> None:
+    """After the upgrade, old rows are found by any spelling, and reports match re-keyed rows.
+
+    srv<U+200B>01 and srv01 were two devices: both stay, with every entry; new reports of
+    either spelling go to srv01, and a filter of either spelling lists the entries of both.
+    """
+    await _schema_at_version_2(
+        url,
+        schema,
+        [
+            ("acme", "s", "srv\u200b01", "Nightly"),  # run 0: the device that is retired
+            ("acme", "s", "srv01", "nightly"),  # run 1
+            ("acme", "s", "FiltDev", "Weekly"),  # run 2
+            ("acme", "s", "FILTDEV", "WEEKLY"),  # run 3
+            ("acme", "s", "srv\u2060 02", "Weekly"),  # run 4: re-keyed, no collision
+        ],
+    )
+    async with PostgresStore(url, schema=schema) as store:
+        assert store.migrations_applied == 2
+        assert await _messages(store, BackupQuery(device_name="filtdev")) == ["run 3", "run 2"]
+        notes = await store.list_notifications(
+            "acme",
+            NotificationQuery(device_name="FiltDev", job_name="weekly"),
+            limit=10,
+            cursor=None,
+        )
+        assert [note.notification.message for note in notes.items] == ["note 2"]
+        notes = await store.list_notifications(
+            "acme", NotificationQuery(device_name="srv01"), limit=10, cursor=None
+        )
+        assert [note.notification.message for note in notes.items] == ["note 1", "note 0"]
+        assert await _messages(store, BackupQuery(device_name="srv\u200b01")) == ["run 1", "run 0"]
+        assert len((await store.list_devices("acme", limit=100, cursor=None)).items) == 4
+        jobs = await store.list_jobs("acme", device_name="SRV 02", limit=100, cursor=None)
+        assert [job.device_name for job in jobs.items] == ["srv\u2060 02"]
+        moved = await store.add_backup(
+            "acme", attrs.evolve(backup(10, job="weekly", device="SRV 02"), sender="s"), now=NOW
+        )
+        assert (moved.device_created, moved.job_created, moved.job_id) == (
+            False,
+            False,
+            jobs.items[0].id,
+        )
+        invisible = await store.add_backup(
+            "acme", attrs.evolve(backup(11, device="srv\u200b01"), sender="s"), now=NOW
+        )
+        assert invisible.device_id == "dev_0000000000000001"
+        assert invisible.job_id == "job_0000000000000001"
+        assert await _messages(store, BackupQuery(device_name="SRV01")) == [
+            "run 11",
+            "run 1",
+            "run 0",
+        ]
+    assert versions(url, schema) == [1, 2, 3, 4]
+    with connect(url, schema) as connection:
+        rows = connection.execute(
+            "SELECT sender, device_name, job_name, sender_key, device_name_key, job_name_key"
+            " FROM jobs UNION ALL SELECT sender, device_name, job_name, sender_key,"
+            " device_name_key, job_name_key FROM backups UNION ALL SELECT sender, device_name,"
+            " job_name, sender_key, device_name_key, job_name_key FROM notifications"
+        ).fetchall()
+    assert len(rows) == 4 + 7 + 5  # every job, backup and notification, old and new
+    for sender, device, job, *keys in rows:
+        job_key = None if job is None else canonical_name(job)
+        assert keys == [canonical_name(sender), canonical_name(device), job_key]
+
+
+@run_async
+async def test_an_insert_without_canonical_names_is_refused(url: str, schema: str) -> None:
+    """The canonical name columns have no default: a row cannot silently miss them."""
+    async with PostgresStore(url, schema=schema) as store:
+        await store.create_account("acme", now=NOW)
+    with connect(url, schema) as connection, pytest.raises(psycopg.errors.NotNullViolation):
+        connection.execute(
+            "INSERT INTO devices (id, account_id, digest, sender, device_name, created_at,"
+            " created_offset, last_seen_at, last_seen_offset)"
+            " SELECT 'dev_1', id, 'd', 's', 'n', now(), 0, now(), 0 FROM accounts"
+        )
 
 
 @run_async
@@ -300,7 +468,7 @@ async def test_schemas_are_quoted_and_separate(url: str, schema: str, odd_schema
         await odd.add_backup(account.id, backup(1), now=NOW)
         assert len(await all_backups(odd, account.id)) == 1
         assert await plain.count_accounts() == 0
-    assert versions(url, odd_schema) == [1, 2]
+    assert versions(url, odd_schema) == [1, 2, 3, 4]
 
 
 @run_async
@@ -310,7 +478,7 @@ async def test_without_a_schema_the_url_decides(url: str, schema: str) -> None:
     async with PostgresStore(f"{url}?options={options}") as store:
         assert store.schema is None
         await store.create_account("acme", now=NOW)
-    assert versions(url, schema) == [1, 2]
+    assert versions(url, schema) == [1, 2, 3, 4]
     with connect(url, schema) as connection:
         assert connection.execute("SELECT name FROM accounts").fetchall() == [("acme",)]
 
@@ -496,6 +664,79 @@ async def test_a_stopped_writer_fails_writes_instead_of_hanging(url: str, schema
         with pytest.raises(StoreError, match="writer has stopped"):
             await store.add_backup(account.id, backup(3), now=NOW)
         assert await all_backups(store, account.id) == []
+
+
+# --- failures of the database are StoreError ----------------------------------------------------
+
+
+async def _until_a_lock_is_awaited(url: str, schema: str, table: str) -> None:
+    """Wait until some connection waits for a lock on the table: a query is blocked on it."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
+        for _ in range(500):
+            cursor = await admin.execute(
+                "SELECT count(*) FROM pg_locks JOIN pg_class ON pg_class.oid = pg_locks.relation"
+                " JOIN pg_namespace ON pg_namespace.oid = pg_class.relnamespace"
+                " WHERE NOT granted AND relname = %s AND nspname = %s",
+                (table, schema),
+            )
+            if _required_count(await cursor.fetchone()):
+                return
+            await asyncio.sleep(0.01)  # polling for a state, not a timing assumption
+    pytest.fail(f"no query came to wait for the lock on {table}")
+
+
+def _required_count(row: tuple[Any, ...] | None) -> int:
+    assert row is not None
+    return int(row[0])
+
+
+@run_async
+async def test_a_pool_time_out_is_a_store_error(url: str, schema: str) -> None:
+    """No free connection in pool_timeout_s: reads and writes raise StoreError, not PoolTimeout."""
+    async with PostgresStore(url, schema=schema, max_size=1, pool_timeout_s=0.2) as store:
+        account = await store.create_account("acme", now=NOW)
+        with connect(url, schema, autocommit=False) as locker:
+            locker.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")
+            # A read that holds the pool's only connection while it waits for the lock.
+            holding = asyncio.create_task(store.count_accounts())
+            await _until_a_lock_is_awaited(url, schema, "accounts")
+            with pytest.raises(StoreError, match="the read failed") as read:
+                await store.list_devices(account.id, limit=10, cursor=None)
+            assert isinstance(read.value.__cause__, PoolTimeout)
+            with pytest.raises(StoreError, match="the read failed"):
+                await store.find_api_key("sha256:aa")
+            with pytest.raises(StoreError, match="could not be committed") as write:
+                await store.add_backup(account.id, backup(1), now=NOW)
+            assert isinstance(write.value.__cause__, PoolTimeout)
+            locker.rollback()
+        assert await holding == 1
+        written = await store.add_backup(account.id, backup(1), now=NOW)
+        assert [item.id for item in await all_backups(store, account.id)] == [written.id]
+
+
+@run_async
+async def test_a_statement_time_out_is_a_store_error(url: str, schema: str) -> None:
+    """A read's or a single write's own database error (a statement time-out) is a StoreError."""
+    options = quote("-c statement_timeout=200")
+    async with PostgresStore(f"{url}?options={options}", schema=schema) as store:
+        account = await store.create_account("acme", now=NOW)
+        with connect(url, schema, autocommit=False) as locker:
+            locker.execute("LOCK TABLE devices, jobs IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StoreError, match="the read failed") as read:
+                await store.list_devices(account.id, limit=10, cursor=None)
+            assert isinstance(read.value.__cause__, psycopg.errors.QueryCanceled)
+            with pytest.raises(StoreError, match="the write failed") as write:
+                await store.add_backup(account.id, backup(1), now=NOW)
+            assert isinstance(write.value.__cause__, psycopg.errors.QueryCanceled)
+            locker.rollback()
+        written = await store.add_backup(account.id, backup(1), now=NOW)
+        assert [item.id for item in await all_backups(store, account.id)] == [written.id]
+
+
+def test_the_pool_time_out_is_checked() -> None:
+    """A pool time-out that is not positive is refused when the store is made."""
+    with pytest.raises(ValueError, match="pool_timeout_s"):
+        PostgresStore("postgresql://", pool_timeout_s=0)
 
 
 # --- lifecycle ------------------------------------------------------------------------------------

@@ -8,19 +8,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import sqlite3
 import threading
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec
 
+import attrs
 import pytest
+from _first_release import Report, old_digest, old_tables
+from hypothesis import given
+from hypothesis import strategies as st
 
 import bmcore
-from bmserver._migrations import MIGRATIONS, Migration, apply_migrations, schema_version
+from bmcore import canonical_name
+from bmserver._memory import split_datetime
+from bmserver._migrations import (
+    MIGRATIONS,
+    Migration,
+    apply_migrations,
+    rekey_devices_and_jobs,
+    schema_version,
+)
 from bmserver._sqlite import MAX_BATCH, SqliteStore
-from bmserver._store import BackupQuery, ConflictError, StoredBackup, StoreError, WriteResult
+from bmserver._store import (
+    BackupQuery,
+    ConflictError,
+    NotificationQuery,
+    StoredBackup,
+    StoreError,
+    WriteResult,
+)
 
 P = ParamSpec("P")
 
@@ -383,7 +403,7 @@ async def test_a_new_database_gets_every_migration(db: Path) -> None:
     async with SqliteStore(db) as store:
         assert store.migrations_applied == len(MIGRATIONS)
     with raw(db) as connection:
-        assert schema_version(connection) == len(MIGRATIONS) == 2
+        assert schema_version(connection) == len(MIGRATIONS) == 4
     names = {name for name, _ in _schema(db)}
     assert {"accounts", "api_keys", "devices", "jobs", "backups", "notifications"} <= names
     assert {"backups_newest", "notifications_newest", "jobs_newest", "devices_newest"} <= names
@@ -483,3 +503,289 @@ def test_migration_versions_are_consecutive(db: Path) -> None:
             apply_migrations(connection, skipping)
         assert schema_version(connection) == 0
     assert [migration.version for migration in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+
+
+# --- migration 3: canonical names, and keys without invisible characters --------------------------
+
+
+def _rekeyed(reports: Sequence[Report]) -> tuple[dict[str, tuple[object, ...]], ...]:
+    """The plan's updates for these reports' rows, by row id."""
+    device_updates, job_updates = rekey_devices_and_jobs(old_tables(reports))
+    return (
+        {str(update[-1]): tuple(update[:-1]) for update in device_updates},
+        {str(update[-1]): tuple(update[:-1]) for update in job_updates},
+    )
+
+
+def _new_digest(*names: str) -> str:
+    if len(names) == 2:  # sender and device name
+        return bmcore.DeviceKey.of(*names).digest
+    return bmcore.JobKey.of(*names).digest
+
+
+def test_rekeying_keeps_current_digests_and_fills_canonical_names() -> None:
+    """Rows without invisible characters keep their digests; every row gets canonical names."""
+    devices, jobs = _rekeyed([("acc", "Script", "SRV01 ", "Nightly  Full")])
+    assert devices == {
+        "dev_0000000000000000": (old_digest("device", "Script", "SRV01"), "script", "srv01")
+    }
+    assert jobs == {
+        "job_0000000000000000": (
+            old_digest("job", "Script", "SRV01", "Nightly Full"),
+            "script",
+            "srv01",
+            "nightly full",
+        )
+    }
+
+
+def test_rekeying_gives_invisible_names_the_key_of_the_visible_name() -> None:
+    """A device and job stored under srv<U+200B>01 take the digests reports of srv01 compute."""
+    devices, jobs = _rekeyed([("acc", "s", "srv\u200b01", "Nightly\u00ad")])
+    assert devices["dev_0000000000000000"] == (_new_digest("s", "srv01"), "s", "srv01")
+    assert jobs["job_0000000000000000"][0] == _new_digest("s", "srv01", "Nightly")
+
+
+def test_rekeying_leaves_the_row_that_holds_the_digest_and_retires_the_other() -> None:
+    """srv01 and srv<U+200B>01 stored apart: srv01 keeps the key; the other keeps its old one.
+
+    Whichever is older: the row that already holds the digest is what reports of that name
+    match. The retired device's jobs keep their old digests too, so that no job of a live key
+    belongs to a retired device.
+    """
+    reports = [
+        ("acc", "s", "srv\u200b01", "Nightly"),  # the older device and job
+        ("acc", "s", "srv01", "Nightly"),
+        ("acc", "s", "srv\u200b01", "Weekly"),  # a job whose new digest nobody holds
+    ]
+    devices, jobs = _rekeyed(reports)
+    assert devices["dev_0000000000000000"][0] == old_digest("device", "s", "srv\u200b01")
+    assert devices["dev_0000000000000001"][0] == _new_digest("s", "srv01")
+    assert jobs["job_0000000000000000"][0] == old_digest("job", "s", "srv\u200b01", "Nightly")
+    assert jobs["job_0000000000000001"][0] == _new_digest("s", "srv01", "Nightly")
+    assert jobs["job_0000000000000002"][0] == old_digest("job", "s", "srv\u200b01", "Weekly")
+    # Canonical names are every row's own, retired or not: the name filters find them all.
+    assert {update[1:] for update in devices.values()} == {("s", "srv01")}
+
+
+def test_rekeying_gives_a_free_digest_to_the_oldest_row_that_needs_it() -> None:
+    """Two invisible spellings and no visible one: the older row takes the digest."""
+    devices, jobs = _rekeyed(
+        [
+            ("acc", "s", "srv\u200c03", "J"),
+            ("acc", "s", "srv\u200d03", "J"),
+            ("b", "s", "srv03", "J"),
+        ]
+    )
+    assert devices["dev_0000000000000000"][0] == _new_digest("s", "srv03")
+    assert devices["dev_0000000000000001"][0] == old_digest("device", "s", "srv\u200d03")
+    assert jobs["job_0000000000000000"][0] == _new_digest("s", "srv03", "J")
+    assert jobs["job_0000000000000001"][0] == old_digest("job", "s", "srv\u200d03", "J")
+    # Another account's row is another key: it collides with nothing.
+    assert devices["dev_0000000000000002"][0] == _new_digest("s", "srv03")
+
+
+_REPORTS = st.lists(
+    st.tuples(
+        st.sampled_from(["acc", "other"]),
+        st.sampled_from(["s", "S ", "s\u200b"]),
+        st.sampled_from(["srv01", "SRV01", "srv\u200b01", "srv\u2060\u200b01", "srv02"]),
+        st.sampled_from(["Nightly", "night\u00adly", "Weekly"]),
+    ),
+    max_size=20,
+)
+
+
+@given(_REPORTS)
+def test_rekeying_upholds_the_store_s_invariants(reports: list[Report]) -> None:
+    """The updates keep the store's invariants, whatever the rows.
+
+    Run in order, they keep digests unique; every report's key has a live row afterwards; only
+    digests that change move; a live job belongs to the live device of its device key.
+    """
+    device_rows, job_rows = old_tables(reports)
+    device_updates, job_updates = rekey_devices_and_jobs((device_rows, job_rows))
+    assert [update[-1] for update in device_updates] == [row[0] for row in device_rows]
+    assert [update[-1] for update in job_updates] == [row[0] for row in job_rows]
+    held = {(row[1], row[2]) for row in device_rows}
+    digest_of = {row[0]: row[2] for row in device_rows}
+    for row, (digest, sender_key, device_name_key, _) in zip(
+        device_rows, device_updates, strict=True
+    ):
+        device_id, account, old, sender, device = row
+        assert digest in {old, _new_digest(sender, device)}
+        if digest != old:  # each update, at its turn, must find the digest free
+            assert (account, digest) not in held
+            held.remove((account, old))
+            held.add((account, digest))
+        digest_of[device_id] = digest
+        assert (sender_key, device_name_key) == (canonical_name(sender), canonical_name(device))
+    live = {(row[1], digest_of[row[0]]): row[0] for row in device_rows}
+    for account, sender, device, _ in reports:
+        assert (account, _new_digest(sender, device)) in live  # every report's key has a row
+    held = {(row[1], row[3]) for row in job_rows}
+    for row, (digest, *keys, _) in zip(job_rows, job_updates, strict=True):
+        _, account, device_id, old, sender, device, job = row
+        assert digest in {old, _new_digest(sender, device, job)}
+        if digest != old:
+            assert (account, digest) not in held
+            held.remove((account, old))
+            held.add((account, digest))
+        if digest == _new_digest(sender, device, job):
+            assert live[account, _new_digest(sender, device)] == device_id
+        assert keys == [canonical_name(sender), canonical_name(device), canonical_name(job)]
+
+
+def _database_at_version_2(path: Path, reports: Sequence[Report]) -> None:
+    """A database as the first release left it: two migrations, rows keyed by the old rule.
+
+    Each report is stored as a backup, an hour after the one before (``run <index>``), and as
+    a notification at the same time (``note <index>``) that names the job for an even index.
+    """
+    device_rows, job_rows = old_tables(reports)
+    job_at = {(row[1], row[3]): (row[2], row[0]) for row in job_rows}
+    with raw(path) as connection:
+        apply_migrations(connection, MIGRATIONS[:2])
+        connection.execute("BEGIN")
+        for account in sorted({report[0] for report in reports}):
+            connection.execute(
+                "INSERT INTO accounts (id, name, created_us, created_offset) VALUES (?, ?, 0, 0)",
+                (account, account),
+            )
+        connection.executemany(
+            "INSERT INTO devices (id, account_id, digest, sender, device_name, created_us,"
+            " created_offset, last_seen_us, last_seen_offset)"
+            " VALUES (?, ?, ?, ?, ?, 0, 0, 0, 0)",
+            device_rows,
+        )
+        connection.executemany(
+            "INSERT INTO jobs (id, account_id, device_id, digest, sender, device_name,"
+            " job_name, created_us, created_offset) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0)",
+            job_rows,
+        )
+        for index, (account, sender, device, job) in enumerate(reports):
+            entry = attrs.evolve(backup(index, job=job), sender=sender, device_name=device)
+            device_id, job_id = job_at[account, old_digest("job", sender, device, job)]
+            connection.execute(
+                "INSERT INTO backups (id, account_id, device_id, job_id, ts_us, ts_offset,"
+                " sender, device_name, job_name, status, outcome, message, content_hash,"
+                " received_us, received_offset)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0)",
+                (
+                    *(f"bk_{index:016x}", account, device_id, job_id),
+                    *split_datetime(entry.timestamp),
+                    *(sender, device, job, entry.status, entry.outcome.value, entry.message),
+                    hashlib.sha256(bmcore.encode_backup(entry)).digest(),
+                ),
+            )
+            note = _note(index, entry)
+            connection.execute(
+                "INSERT INTO notifications (id, account_id, device_id, job_id, ts_us, ts_offset,"
+                " sender, device_name, job_name, severity, type, message, content_hash,"
+                " received_us, received_offset)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0)",
+                (
+                    *(
+                        f"nt_{index:016x}",
+                        account,
+                        device_id,
+                        None if note.job_name is None else job_id,
+                    ),
+                    *split_datetime(note.timestamp),
+                    *(sender, device, note.job_name, note.severity.value, note.type, note.message),
+                    hashlib.sha256(bmcore.encode_notification(note)).digest(),
+                ),
+            )
+        connection.execute("COMMIT")
+
+
+def _note(index: int, entry: bmcore.BackupEntry) -> bmcore.Notification:
+    """The notification of a report: at its backup's time, naming the job for an even index."""
+    return bmcore.Notification(
+        device_name=entry.device_name,
+        timestamp=entry.timestamp,
+        severity=bmcore.Severity.INFO,
+        type="report",
+        job_name=None if index % 2 else entry.job_name,
+        message=f"note {index}",
+        sender=entry.sender,
+    )
+
+
+async def _messages(store: SqliteStore, query: BackupQuery) -> list[str]:
+    page = await store.list_backups("acme", query, limit=100, cursor=None)
+    return [stored.entry.message for stored in page.items]
+
+
+@run_async
+async def test_an_upgrade_from_version_2_rekeys_and_fills_the_name_filters(db: Path) -> None:
+    """After the upgrade, old rows are found by any spelling, and reports match re-keyed rows.
+
+    srv<U+200B>01 and srv01 were two devices: both stay, with every entry; new reports of
+    either spelling go to srv01, and a filter of either spelling lists the entries of both.
+    """
+    _database_at_version_2(
+        db,
+        [
+            ("acme", "s", "srv\u200b01", "Nightly"),  # run 0: the device that is retired
+            ("acme", "s", "srv01", "nightly"),  # run 1
+            ("acme", "s", "FiltDev", "Weekly"),  # run 2
+            ("acme", "s", "FILTDEV", "WEEKLY"),  # run 3
+            ("acme", "s", "srv\u2060 02", "Weekly"),  # run 4: re-keyed, no collision
+        ],
+    )
+    async with SqliteStore(db) as store:
+        assert store.migrations_applied == 2
+        assert await _messages(store, BackupQuery(device_name="filtdev")) == ["run 3", "run 2"]
+        notes = await store.list_notifications(
+            "acme",
+            NotificationQuery(device_name="FiltDev", job_name="weekly"),
+            limit=10,
+            cursor=None,
+        )
+        assert [note.notification.message for note in notes.items] == ["note 2"]
+        notes = await store.list_notifications(
+            "acme", NotificationQuery(device_name="srv01"), limit=10, cursor=None
+        )
+        assert [note.notification.message for note in notes.items] == ["note 1", "note 0"]
+        assert await _messages(store, BackupQuery(device_name="SRV01")) == ["run 1", "run 0"]
+        assert await _messages(store, BackupQuery(device_name="srv\u200b01")) == ["run 1", "run 0"]
+        devices = await store.list_devices("acme", limit=100, cursor=None)
+        assert len(devices.items) == 4  # nothing merged, nothing lost
+        jobs = await store.list_jobs("acme", device_name="SRV 02", limit=100, cursor=None)
+        assert [job.device_name for job in jobs.items] == ["srv\u2060 02"]
+        # A report now spelled without the invisible character lands on the re-keyed rows.
+        moved = await store.add_backup(
+            "acme",
+            attrs.evolve(backup(10, job="weekly"), device_name="SRV 02", sender="s"),
+            now=NOW,
+        )
+        assert (moved.device_created, moved.job_created) == (False, False)
+        assert moved.job_id == jobs.items[0].id
+        # Both spellings of srv01 go to the device that held srv01's digest.
+        visible = await store.add_backup(
+            "acme", attrs.evolve(backup(11), device_name="srv01", sender="s"), now=NOW
+        )
+        invisible = await store.add_backup(
+            "acme", attrs.evolve(backup(12), device_name="srv\u200b01", sender="s"), now=NOW
+        )
+        assert visible.device_id == invisible.device_id == "dev_0000000000000001"
+        assert visible.job_id == invisible.job_id == "job_0000000000000001"
+        assert await _messages(store, BackupQuery(device_name="srv01")) == [
+            "run 12",
+            "run 11",
+            "run 1",
+            "run 0",
+        ]
+    with raw(db) as connection:
+        assert schema_version(connection) == len(MIGRATIONS)
+        rows = connection.execute(
+            "SELECT sender, device_name, job_name, sender_key, device_name_key, job_name_key"
+            " FROM jobs UNION ALL SELECT sender, device_name, job_name, sender_key,"
+            " device_name_key, job_name_key FROM backups UNION ALL SELECT sender, device_name,"
+            " job_name, sender_key, device_name_key, job_name_key FROM notifications"
+        ).fetchall()
+    assert len(rows) == 4 + 8 + 5  # every job, backup and notification, old and new
+    for sender, device, job, *keys in rows:
+        job_key = None if job is None else canonical_name(job)
+        assert keys == [canonical_name(sender), canonical_name(device), job_key]

@@ -675,11 +675,11 @@ async def _filter_fixture_backups(store: Store, account_id: str) -> None:
     ("query", "expected"),
     [
         (BackupQuery(), ["e4", "e3", "e2", "e1"]),
-        (BackupQuery(device_name="srv01"), ["e1"]),
-        (BackupQuery(device_name="SRV01"), ["e2"]),
+        (BackupQuery(device_name="srv01"), ["e2", "e1"]),
+        (BackupQuery(device_name="SRV01"), ["e2", "e1"]),
         (BackupQuery(device_name="srv03"), []),
         (BackupQuery(job_name="Nightly"), ["e4", "e2", "e1"]),
-        (BackupQuery(job_name="nightly"), []),
+        (BackupQuery(job_name="nightly"), ["e4", "e2", "e1"]),
         (BackupQuery(sender="robocopy"), ["e4", "e3"]),
         (BackupQuery(outcome="Success"), ["e3", "e1"]),
         (BackupQuery(outcome="Unknown"), ["e4"]),
@@ -698,7 +698,7 @@ async def _filter_fixture_backups(store: Store, account_id: str) -> None:
 async def test_backup_filters(
     store: Store, account: Account, query: BackupQuery, expected: list[str]
 ) -> None:
-    """Each filter: names exactly as sent, outcome, status, since inclusive, until exclusive."""
+    """Each filter: names by canonical form, outcome, status, since inclusive, until exclusive."""
     await _filter_fixture_backups(store, account.id)
     found = await backups_of(store, account.id, query, limit=1)
     assert [stored.entry.message for stored in found] == expected
@@ -727,7 +727,7 @@ async def _filter_fixture_notifications(store: Store, account_id: str) -> None:
     [
         (NotificationQuery(), ["n3", "n2", "n1"]),
         (NotificationQuery(device_name="srv01"), ["n2", "n1"]),
-        (NotificationQuery(device_name="SRV01"), []),
+        (NotificationQuery(device_name="SRV01"), ["n2", "n1"]),
         (NotificationQuery(job_name="Nightly"), ["n2"]),
         (NotificationQuery(sender="ssl-check"), ["n3"]),
         (NotificationQuery(severity="error"), ["n2"]),
@@ -749,7 +749,7 @@ async def test_notification_filters(
 
 @run_async
 async def test_list_jobs_filters_by_device_name(store: Store, account: Account) -> None:
-    """list_jobs' device_name compares with the job's device name exactly as stored."""
+    """list_jobs' device_name compares with the job's device name in canonical form."""
     await _filter_fixture_backups(store, account.id)
 
     async def job_names(device_name: str | None) -> list[tuple[str, str]]:
@@ -758,8 +758,163 @@ async def test_list_jobs_filters_by_device_name(store: Store, account: Account) 
 
     assert await job_names("srv02") == [("srv02", "Nightly"), ("srv02", "Weekly")]
     assert await job_names("srv01") == [("srv01", "Nightly")]
-    assert await job_names("SRV01") == []
+    assert await job_names("SRV01") == [("srv01", "Nightly")]
     assert len(await job_names(None)) == 3
+
+
+# --- read side: names filter by canonical form ---------------------------------------------------
+
+# One device, one job and one sender, each spelled several ways, and entries of others beside.
+_SPELLED_BACKUPS = (
+    ("b1", "FiltDev", "Nightly Full", "Script-A"),
+    ("b2", "filtdev", " nightly  full ", "script-a "),
+    ("b3", "filt\u200bdev", "NIGHTLY\u00a0FULL", "SCRIPT-A"),
+    ("b4", "other-dev", "Nightly Full", "script-a"),
+    ("b5", "FILTDEV ", "Weekly", "other-sender"),
+)
+_SPELLED_NOTIFICATIONS = (
+    ("n1", "FiltDev", None, "Mon"),
+    ("n2", "filtdev ", "Nightly Full", "MON"),
+    ("n3", "filt\u2060dev", "NIGHTLY FULL", "mon"),
+    ("n4", "other-dev", "nightly full", "mon"),
+    ("n5", "FILTDEV", "Weekly", "other-sender"),
+)
+_DEVICE_SPELLINGS = ["filtdev", "FiltDev", "  FILTDEV ", "filt\u200bdev", "\ufeffFiltDev"]
+_JOB_SPELLINGS = ["nightly full", "NIGHTLY   FULL", " Nightly\tFull ", "Nightly\u00ad Full"]
+_SENDER_SPELLINGS = ["script-a", "SCRIPT-A ", "Script\u200d-A"]
+
+
+async def _spelled_entries(store: Store, account_id: str) -> None:
+    for day, (label, device, job, sender) in enumerate(_SPELLED_BACKUPS, start=1):
+        entry = backup(
+            job, device=device, sender=sender, timestamp=f"2024-06-0{day}T00:00:00Z", message=label
+        )
+        await store.add_backup(account_id, entry, now=NOW)
+    for day, (label, device, job_name, sender) in enumerate(_SPELLED_NOTIFICATIONS, start=1):
+        note = notification(
+            device=device,
+            job=job_name,
+            sender=sender,
+            timestamp=f"2024-06-0{day}T00:00:00Z",
+            message=label,
+        )
+        await store.add_notification(account_id, note, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("field", "spelling", "expected"),
+    [
+        *(("device_name", spelling, ["b5", "b3", "b2", "b1"]) for spelling in _DEVICE_SPELLINGS),
+        *(("job_name", spelling, ["b4", "b3", "b2", "b1"]) for spelling in _JOB_SPELLINGS),
+        *(("sender", spelling, ["b4", "b3", "b2", "b1"]) for spelling in _SENDER_SPELLINGS),
+        ("device_name", "filt dev", []),
+        ("job_name", "nightlyfull", []),
+    ],
+)
+@run_async
+async def test_backup_name_filters_compare_canonical_forms(
+    store: Store, account: Account, field: str, spelling: str, expected: list[str]
+) -> None:
+    """Any spelling of a name (case, spaces, invisible characters) finds every entry of it."""
+    await _spelled_entries(store, account.id)
+    query = {
+        "device_name": BackupQuery(device_name=spelling),
+        "job_name": BackupQuery(job_name=spelling),
+        "sender": BackupQuery(sender=spelling),
+    }[field]
+    found = await backups_of(store, account.id, query, limit=1)
+    assert [stored.entry.message for stored in found] == expected
+
+
+@run_async
+async def test_backup_name_filters_combine(store: Store, account: Account) -> None:
+    """Device, job and sender filters in other spellings together keep what all three match."""
+    await _spelled_entries(store, account.id)
+    query = BackupQuery(device_name="FILT\u200cDEV", job_name="nightly FULL", sender=" script-A")
+    found = await backups_of(store, account.id, query, limit=2)
+    assert [stored.entry.message for stored in found] == ["b3", "b2", "b1"]
+    query = BackupQuery(device_name="filtdev", sender="OTHER-SENDER", status="Success")
+    assert [stored.entry.message for stored in await backups_of(store, account.id, query)] == ["b5"]
+
+
+@pytest.mark.parametrize(
+    ("field", "spelling", "expected"),
+    [
+        *(("device_name", spelling, ["n5", "n3", "n2", "n1"]) for spelling in _DEVICE_SPELLINGS),
+        *(("job_name", spelling, ["n4", "n3", "n2"]) for spelling in _JOB_SPELLINGS),
+        *(
+            ("sender", spelling, ["n4", "n3", "n2", "n1"])
+            for spelling in ["mon", "MON ", "M\u200bon"]
+        ),
+    ],
+)
+@run_async
+async def test_notification_name_filters_compare_canonical_forms(
+    store: Store, account: Account, field: str, spelling: str, expected: list[str]
+) -> None:
+    """Any spelling of a name finds every notification of it; a job filter needs a job name."""
+    await _spelled_entries(store, account.id)
+    query = {
+        "device_name": NotificationQuery(device_name=spelling),
+        "job_name": NotificationQuery(job_name=spelling),
+        "sender": NotificationQuery(sender=spelling),
+    }[field]
+    found = await notifications_of(store, account.id, query, limit=1)
+    assert [stored.notification.message for stored in found] == expected
+
+
+@run_async
+async def test_notification_name_filters_combine(store: Store, account: Account) -> None:
+    """Device, job and sender filters in other spellings together keep what all three match."""
+    await _spelled_entries(store, account.id)
+    query = NotificationQuery(device_name=" FILTDEV", job_name="Nightly Full", sender="Mon")
+    found = await notifications_of(store, account.id, query, limit=1)
+    assert [stored.notification.message for stored in found] == ["n3", "n2"]
+    query = NotificationQuery(device_name="filtdev", sender="mon", type="disk_space_low")
+    found = await notifications_of(store, account.id, query)
+    assert [stored.notification.message for stored in found] == ["n3", "n2", "n1"]
+
+
+@pytest.mark.parametrize("spelling", _DEVICE_SPELLINGS)
+@run_async
+async def test_jobs_device_filter_compares_canonical_forms(
+    store: Store, account: Account, spelling: str
+) -> None:
+    """list_jobs finds the jobs of a device whichever spelling created them or filters them."""
+    await _spelled_entries(store, account.id)
+    page = await store.list_jobs(account.id, device_name=spelling, limit=1, cursor=None)
+    jobs = [page.items[0]]
+    while page.next_cursor is not None:
+        page = await store.list_jobs(
+            account.id, device_name=spelling, limit=1, cursor=page.next_cursor
+        )
+        jobs.extend(page.items)
+    # Created at one time, so newest first is in order of creation, last first: the job of n2
+    # and n3 (another sender's), of b5 and n5, of b1 to b3.
+    assert [(job.sender, job.device_name, job.job_name) for job in jobs] == [
+        ("MON", "filtdev ", "Nightly Full"),
+        ("other-sender", "FILTDEV ", "Weekly"),
+        ("Script-A", "FiltDev", "Nightly Full"),
+    ]
+
+
+@run_async
+async def test_zero_width_characters_do_not_make_another_device(
+    store: Store, account: Account
+) -> None:
+    """srv01 and srv<U+200B>01 are one device and one job: invisible characters do not count."""
+    first = await store.add_backup(account.id, backup("Nightly", device="srv01"), now=NOW)
+    again = await store.add_backup(
+        account.id,
+        backup("Night\u00adly", device="srv\u200b01", timestamp="2024-06-05T14:00:00+02:00"),
+        now=NOW,
+    )
+    assert (again.device_id, again.job_id) == (first.device_id, first.job_id)
+    assert (again.device_created, again.job_created) == (False, False)
+    note = await store.add_notification(
+        account.id, notification(device="\ufeffsrv01", sender="script-srv01"), now=NOW
+    )
+    assert note.device_id == first.device_id
 
 
 # --- read side: jobs with their latest backup -----------------------------------------------------
@@ -1093,7 +1248,7 @@ async def test_limits_out_of_range_are_refused(store: Store, account: Account, l
 
 # Small pools, so that random scripts are full of repeats, clashes and near-misses in matching.
 _SENDERS = ("script-a", "Script-A ", "other")
-_DEVICES = ("srv01", "SRV01", "srv02")
+_DEVICES = ("srv01", "SRV01", "srv02", "srv\u200b02")
 _JOBS = ("Nightly", " nightly", "Weekly")
 # The first two are the same instant at other offsets.
 _STAMPS = (
@@ -1201,12 +1356,52 @@ async def _replay(store: Store, script: list[_Operation]) -> object:
         for owner in accounts:
             # Pages with their cursors: a cursor is made of the account's own data only, so
             # every store hands out the same ones.
-            for fetch in _lists(store, owner.id, 3).values():
+            for fetch in [*_lists(store, owner.id, 3).values(), *_filtered(store, owner.id, 2)]:
                 pages = await pages_of(fetch)
                 transcript.append([(page.items, page.next_cursor) for page in pages])
     finally:
         await store.close()
     return _canonical(transcript, {})
+
+
+def _filtered(
+    store: Store, account_id: str, limit: int
+) -> list[Callable[[str | None], Awaitable[Page[object]]]]:
+    """Lists filtered by names spelled unlike those sent, each as a function of the cursor."""
+    backup_queries = [
+        BackupQuery(device_name=" Srv01"),
+        BackupQuery(job_name="NIGHTLY", sender="script-a"),
+        BackupQuery(device_name="SRV02", job_name="weekly"),
+    ]
+    notification_queries = [
+        NotificationQuery(device_name="srv\u200c02"),
+        NotificationQuery(job_name="nightly "),
+        NotificationQuery(sender="SCRIPT-A", device_name="srv01"),
+    ]
+
+    def backups(query: BackupQuery) -> Callable[[str | None], Awaitable[Page[object]]]:
+        async def fetch(cursor: str | None) -> Page[object]:
+            page = await store.list_backups(account_id, query, limit=limit, cursor=cursor)
+            return Page(items=list(page.items), next_cursor=page.next_cursor)
+
+        return fetch
+
+    def notifications(query: NotificationQuery) -> Callable[[str | None], Awaitable[Page[object]]]:
+        async def fetch(cursor: str | None) -> Page[object]:
+            page = await store.list_notifications(account_id, query, limit=limit, cursor=cursor)
+            return Page(items=list(page.items), next_cursor=page.next_cursor)
+
+        return fetch
+
+    async def jobs(cursor: str | None) -> Page[object]:
+        page = await store.list_jobs(account_id, device_name="SRV02 ", limit=limit, cursor=cursor)
+        return Page(items=list(page.items), next_cursor=page.next_cursor)
+
+    return [
+        *map(backups, backup_queries),
+        *map(notifications, notification_queries),
+        jobs,
+    ]
 
 
 @given(script=_scripts)
