@@ -201,7 +201,7 @@ class ReadSide:
         headers: dict[str, str],
     ) -> Response:
         """One page of at most ``limit`` items and ``max_page_bytes`` of JSON, and its cursor."""
-        budget = self.settings.max_page_bytes
+        budget = self.settings.max_page_bytes - _ENVELOPE_BYTES
         parts: list[bytes] = []
         size = 0
         chunk = min(limit, _FIRST_CHUNK)
@@ -257,6 +257,10 @@ async def _encoded(
         return encode()
     return await asyncio.to_thread(encode)
 
+
+#: What a page holds besides its items: ``{"items":[`` ... ``],"nextCursor":"..."}``, with room
+#: for the longest cursor a store hands out (far below 100 characters).
+_ENVELOPE_BYTES: Final = len(b'{"items":[],"nextCursor":""}') + 100
 
 #: Items encoded at once on the event loop; more go to a worker thread.
 _INLINE_ITEMS: Final = 1
