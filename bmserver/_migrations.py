@@ -28,6 +28,7 @@ from bmserver._store import StoreError
 
 __all__ = [
     "MIGRATIONS",
+    "REKEY_READS",
     "Backfill",
     "Migration",
     "apply_migrations",
@@ -249,6 +250,16 @@ def rekey_devices_and_jobs(tables: ReadRows) -> WriteRows:
     return [device_updates, job_updates]
 
 
+#: What rekey_devices_and_jobs reads, the same SQL in both dialects.
+REKEY_READS: Final[tuple[LiteralString, ...]] = (
+    "SELECT id, account_id, digest, sender, device_name FROM devices ORDER BY seq",
+    (
+        "SELECT id, account_id, device_id, digest, sender, device_name, job_name FROM jobs"
+        " ORDER BY seq"
+    ),
+)
+
+
 # The name filters compare canonical names (bmcore.canonical_name), which only Python computes:
 # every row keeps them beside the names as sent. Here the small tables get them, and the rows
 # whose digest changed with the canonical form are re-keyed (see rekey_devices_and_jobs).
@@ -267,13 +278,7 @@ _NAME_KEYS: Final = Migration(
         "DROP INDEX jobs_by_device_name",
     ),
     backfill=Backfill(
-        reads=(
-            "SELECT id, account_id, digest, sender, device_name FROM devices ORDER BY seq",
-            (
-                "SELECT id, account_id, device_id, digest, sender, device_name, job_name FROM jobs"
-                " ORDER BY seq"
-            ),
-        ),
+        reads=REKEY_READS,
         plan=rekey_devices_and_jobs,
         writes=(
             "UPDATE devices SET digest = ?, sender_key = ?, device_name_key = ? WHERE id = ?",

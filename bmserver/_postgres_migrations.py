@@ -26,7 +26,13 @@ from typing import Any, Final
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from bmserver._migrations import Backfill, Migration, check_versions, rekey_devices_and_jobs
+from bmserver._migrations import (
+    REKEY_READS,
+    Backfill,
+    Migration,
+    check_versions,
+    rekey_devices_and_jobs,
+)
 from bmserver._store import StoreError
 
 __all__ = ["LOCK_CLASS", "MIGRATIONS", "VERSION_TABLE", "apply_migrations", "schema_version"]
@@ -194,13 +200,7 @@ _NAME_KEYS: Final = Migration(
         "DROP INDEX jobs_by_device_name",
     ),
     backfill=Backfill(
-        reads=(
-            "SELECT id, account_id, digest, sender, device_name FROM devices ORDER BY seq",
-            (
-                "SELECT id, account_id, device_id, digest, sender, device_name, job_name FROM jobs"
-                " ORDER BY seq"
-            ),
-        ),
+        reads=REKEY_READS,
         plan=rekey_devices_and_jobs,
         writes=(
             "UPDATE devices SET digest = %s, sender_key = %s, device_name_key = %s WHERE id = %s",

@@ -27,17 +27,22 @@ _NS_PER_S: Final = 1_000_000_000
 #: The largest integer a Lua number (a double) holds exactly.
 _EXACT_LIMIT: Final = 2**53
 
-# KEYS[1]: the bucket. ARGV: interval_ns, burst, cost, and for tests only now_s and now_ns.
-# The state is a hash {s, n}: the theoretical arrival time as seconds and nanoseconds.
-# Returns {allowed (0/1), remaining, retry_after_s, reset_s}, as bmcore.decide() does.
-GCRA_SCRIPT: Final = """
+# Whole-number division that stays exact on Lua's doubles, for both scripts.
+_DIVISION: Final = """
 local function floordiv(a, b)
   local q = math.floor(a / b)
   if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end
   return q
 end
 local function ceildiv(a, b) return -floordiv(-a, b) end
+"""
 
+# KEYS[1]: the bucket. ARGV: interval_ns, burst, cost, and for tests only now_s and now_ns.
+# The state is a hash {s, n}: the theoretical arrival time as seconds and nanoseconds.
+# Returns {allowed (0/1), remaining, retry_after_s, reset_s}, as bmcore.decide() does.
+GCRA_SCRIPT: Final = (
+    _DIVISION
+    + """
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
@@ -80,18 +85,14 @@ local retry = ceildiv(backlog - capacity, 1e9)
 if retry < 1 then retry = 1 end
 return {0, remaining, retry, ceildiv(start, 1e9)}
 """
+)
 
 # KEYS[1]: the bucket. ARGV: interval_ns, cost, and for tests only now_s and now_ns.
 # bmcore.refund(): the TAT moves back by cost * interval; a bucket that is full again loses its
 # state. Offsets from now stay below burst * interval, as in GCRA_SCRIPT, so they are exact.
-REFUND_SCRIPT: Final = """
-local function floordiv(a, b)
-  local q = math.floor(a / b)
-  if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end
-  return q
-end
-local function ceildiv(a, b) return -floordiv(-a, b) end
-
+REFUND_SCRIPT: Final = (
+    _DIVISION
+    + """
 local interval = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
 local now_s, now_ns
@@ -114,6 +115,7 @@ redis.call('HSET', KEYS[1], 's', now_s + carry, 'n', total - carry * 1e9)
 redis.call('PEXPIRE', KEYS[1], ceildiv(ahead, 1e6) + 60000)
 return 1
 """
+)
 
 
 #: Seconds to connect to Redis and to wait for an answer: a rate limit decision must be quick,
