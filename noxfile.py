@@ -92,6 +92,9 @@ def tests(session: nox.Session) -> None:
         "run",
         "-m",
         "pytest",
+        # One worker per core: most tests wait on sockets, databases and subprocesses, and
+        # coverage follows the workers (subprocess patching, pyproject.toml).
+        "--numprocesses=auto",
         *session.posargs,
         env={"COVERAGE_FILE": str(ROOT / f".coverage.{session.python}")},
     )
