@@ -1,8 +1,9 @@
 """bmcore: the pure core of the BackupMonitor Custom Ingest API.
 
 Payload models and validation, ISO 8601 timestamps with a mandatory UTC offset, the
-device/job matching key, token-bucket rate limiting and API-key handling. No I/O, no clock
-reads, no globals: time and randomness come in as arguments.
+device/job matching key, the ingest rules (an entry's identity and fingerprint, and whether it
+is new, a repeat or a conflict), token-bucket rate limiting and API-key handling. No I/O, no
+clock reads, no globals: time and randomness come in as arguments.
 
 >>> from datetime import datetime, timezone
 >>> import bmcore
@@ -38,6 +39,16 @@ from bmcore._models import (
     Severity,
 )
 from bmcore._ratelimit import Decision, KeyedLimiter, RatePolicy, decide, parse_rate, refund
+from bmcore._rules import (
+    BackupFacts,
+    NotificationFacts,
+    Verdict,
+    backup_facts,
+    classify,
+    join_instant,
+    notification_facts,
+    split_instant,
+)
 from bmcore._timestamps import (
     CLOCK_SKEW_TOLERANCE,
     EARLIEST_TIMESTAMP,
@@ -59,6 +70,7 @@ __all__ = [
     "MAX_TYPE_LENGTH",
     "ApiKeyFormatError",
     "BackupEntry",
+    "BackupFacts",
     "BmError",
     "Decision",
     "Decoded",
@@ -67,15 +79,19 @@ __all__ = [
     "JobKey",
     "KeyedLimiter",
     "Notification",
+    "NotificationFacts",
     "Outcome",
     "PayloadError",
     "PayloadWarning",
     "RatePolicy",
     "Severity",
     "TimestampError",
+    "Verdict",
+    "backup_facts",
     "canonical_name",
     "check_api_key_format",
     "check_filter",
+    "classify",
     "decide",
     "decode_backup",
     "decode_notification",
@@ -85,8 +101,11 @@ __all__ = [
     "format_timestamp",
     "generate_api_key",
     "hash_api_key",
+    "join_instant",
+    "notification_facts",
     "parse_rate",
     "parse_timestamp",
     "refund",
+    "split_instant",
     "verify_api_key",
 ]
