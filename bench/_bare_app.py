@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bmserver._protocol import GuardedH11Protocol
+from bmserver import GuardedH11Protocol
 
 __all__ = ["app", "main"]
 

@@ -35,7 +35,7 @@ from pytest_httpserver import HTTPServer
 import bmcore
 from bench._client import BACKUP_PATH, post_backup
 from bench._report import Figure, per_call
-from pytest_bm._fake import FakeIngest
+from pytest_bm import FakeIngest
 from pytest_bm.plugin import Options
 
 NAME: Final = "5. The fake"
@@ -64,8 +64,7 @@ _NO_TESTS_COLLECTED: Final = 5  # pytest.ExitCode.NO_TESTS_COLLECTED, without im
 
 def _fixture_policy() -> bmcore.RatePolicy:
     """The rate policy the fixture ``bm_ingest_rate_policy`` gives a run without settings."""
-    options = Options()
-    return bmcore.RatePolicy.per_second(options.rate_per_second, burst=options.burst)
+    return Options().rate_policy
 
 
 def _check(side: str, status: int, recorded: int) -> None:

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 import bmcore
-from bmserver._arguments import port, positive_int, rate
+from bmserver._arguments import port_argument, positive_int_argument, rate_argument
 from bmserver._settings import DEFAULT_RATE_POLICY, DEFAULT_READ_RATE_POLICY, Settings
-from bmserver._store import Scope, Store, UnknownKeyError
+from bmserver.storage._contract import Scope, Store, UnknownKeyError
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
-    from bmserver._limiter import Limiter
+    from bmserver.limits._contract import Limiter
 
 __all__ = ["ensure_first_key", "is_postgres_url", "main", "worker_app"]
 
@@ -56,30 +56,33 @@ def _parser() -> argparse.ArgumentParser:
         "--host", default=_env("BM_HOST", "127.0.0.1"), help="address (BM_HOST; %(default)s)"
     )
     serve.add_argument(
-        "--port", type=port, default=_env("BM_PORT", "8080"), help="port (BM_PORT; %(default)s)"
+        "--port",
+        type=port_argument,
+        default=_env("BM_PORT", "8080"),
+        help="port (BM_PORT; %(default)s)",
     )
     serve.add_argument(
         "--rate",
-        type=rate,
+        type=rate_argument,
         default=_env("BM_RATE", "1/s"),
         help="sustained requests per API key, e.g. 1/s or 30/min (BM_RATE; %(default)s)",
     )
     serve.add_argument(
         "--burst",
-        type=positive_int,
+        type=positive_int_argument,
         default=_env("BM_BURST", str(DEFAULT_RATE_POLICY.burst)),
         help="requests a key may send at once (BM_BURST; %(default)s)",
     )
     serve.add_argument(
         "--read-rate",
-        type=rate,
+        type=rate_argument,
         default=_env("BM_READ_RATE", "5/s"),
         help="sustained read requests (GET /api/...) per API key, counted apart from ingest "
         "(BM_READ_RATE; %(default)s)",
     )
     serve.add_argument(
         "--read-burst",
-        type=positive_int,
+        type=positive_int_argument,
         default=_env("BM_READ_BURST", str(DEFAULT_READ_RATE_POLICY.burst)),
         help="read requests a key may send at once (BM_READ_BURST; %(default)s)",
     )
@@ -119,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers",
-        type=positive_int,
+        type=positive_int_argument,
         default=_env("BM_WORKERS", "1"),
         help="worker processes; more than one needs --redis and a postgresql:// --database "
         "(BM_WORKERS; %(default)s)",
@@ -173,12 +176,12 @@ def is_postgres_url(database: str) -> bool:
 def _open_store(database: str) -> Store:
     if is_postgres_url(database):
         try:
-            from bmserver._postgres import PostgresStore  # noqa: PLC0415 - an optional extra
+            from bmserver.storage._postgres import PostgresStore  # noqa: PLC0415 - an optional extra
         except ImportError as error:
             msg = f"{error}; PostgreSQL needs the scale extra: pip install 'bm-ingest[scale]'"
             raise SystemExit(msg) from None
         return PostgresStore(database)
-    from bmserver._sqlite import SqliteStore  # noqa: PLC0415 - keep --help fast
+    from bmserver.storage._sqlite import SqliteStore  # noqa: PLC0415 - keep --help fast
 
     return SqliteStore(database)
 
@@ -284,7 +287,7 @@ _SERVE_CONFIG: Final = "BM_SERVE_CONFIG"
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - keep --help and the keys commands fast
 
-    from bmserver._protocol import GuardedH11Protocol  # noqa: PLC0415
+    from bmserver.http._protocol import GuardedH11Protocol  # noqa: PLC0415
 
     problem = _scale_out_problem(args)
     if problem:
@@ -363,8 +366,8 @@ def _configure_logging(level: str) -> None:
 
 def worker_app() -> Starlette:
     """The app of one worker process, built from the flags ``bmserver serve`` was given."""
-    from bmserver._app import create_app  # noqa: PLC0415 - keep --help fast
     from bmserver._clock import SystemClock  # noqa: PLC0415
+    from bmserver.http._app import create_app  # noqa: PLC0415 - keep --help fast
 
     config = json.loads(os.environ[_SERVE_CONFIG])
     _configure_logging(config["log_level"])
@@ -395,7 +398,7 @@ class _Limiters(NamedTuple):
 
 def _limiters(settings: Settings, redis_url: str | None, prefix: str) -> _Limiters:
     """Per key (ingest, reads) and per address (failed authentications): here, or in Redis."""
-    from bmserver._limiter import MemoryLimiter  # noqa: PLC0415 - keep --help fast
+    from bmserver.limits._contract import MemoryLimiter  # noqa: PLC0415 - keep --help fast
 
     if not redis_url:
         return _Limiters(
@@ -404,7 +407,7 @@ def _limiters(settings: Settings, redis_url: str | None, prefix: str) -> _Limite
             MemoryLimiter(settings.auth_failure_policy),
         )
     try:
-        from bmserver._redis_limiter import RedisLimiter, connect_redis  # noqa: PLC0415
+        from bmserver.limits._redis import RedisLimiter, connect_redis  # noqa: PLC0415
     except ImportError as error:
         msg = f"{error}; Redis needs the scale extra: pip install 'bm-ingest[scale]'"
         raise SystemExit(msg) from None

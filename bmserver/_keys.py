@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 import bmcore
-from bmserver._store import ApiKeyRecord, Scope, Store
+from bmserver.storage._contract import ApiKeyRecord, Scope, Store
 
 __all__ = ["issue_api_key"]
 

@@ -19,12 +19,29 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pytest_bm._fake import FakeIngest
+    from pytest_bm._faults import Delay, Drop, Fail, Interrupted, Throttle
     from pytest_bm._records import ReceivedBackup, ReceivedNotification, RecordedRequest
 
-__all__ = ["FakeIngest", "ReceivedBackup", "ReceivedNotification", "RecordedRequest"]
+__all__ = [
+    "Delay",
+    "Drop",
+    "Fail",
+    "FakeIngest",
+    "Interrupted",
+    "ReceivedBackup",
+    "ReceivedNotification",
+    "RecordedRequest",
+    "Throttle",
+]
 
 _WHERE = {
     "FakeIngest": "pytest_bm._fake",
+    # The faults a request's record names (RecordedRequest.applied_fault), to branch on.
+    "Delay": "pytest_bm._faults",
+    "Drop": "pytest_bm._faults",
+    "Fail": "pytest_bm._faults",
+    "Interrupted": "pytest_bm._faults",
+    "Throttle": "pytest_bm._faults",
     "ReceivedBackup": "pytest_bm._records",
     "ReceivedNotification": "pytest_bm._records",
     "RecordedRequest": "pytest_bm._records",

@@ -27,8 +27,7 @@ from types import FrameType
 from typing import Final
 
 import bmcore
-from bmserver import DEFAULT_RATE_POLICY
-from bmserver._arguments import port, positive_int, rate
+from bmserver import DEFAULT_RATE_POLICY, port_argument, positive_int_argument, rate_argument
 from pytest_bm._fake import FakeIngest
 
 __all__ = ["main"]
@@ -50,20 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address (%(default)s)")
     parser.add_argument(
-        "--port", type=port, default=0, help="port; 0 picks a free one (%(default)s)"
+        "--port", type=port_argument, default=0, help="port; 0 picks a free one (%(default)s)"
     )
     parser.add_argument(
         "--api-key", type=_api_key, help="the key to accept (default: a fresh random one)"
     )
     parser.add_argument(
         "--rate",
-        type=rate,
+        type=rate_argument,
         default="1/s",
         help="sustained requests per API key, e.g. 1/s or 30/min (%(default)s)",
     )
     parser.add_argument(
         "--burst",
-        type=positive_int,
+        type=positive_int_argument,
         default=DEFAULT_RATE_POLICY.burst,
         help="requests a key may send at once (%(default)s)",
     )

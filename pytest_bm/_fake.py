@@ -1,30 +1,25 @@
-"""FakeIngest: bmserver's own app on a real loopback socket, with a journal and fault plans.
+"""FakeIngest, the user-facing fake: where to reach it, what arrived, assertions, fault plans.
 
 Fidelity by construction: the fake serves ``bmserver.create_app`` with a MemoryStore, a
-MemoryLimiter and a ManualClock, wrapped in :class:`~pytest_bm._faults.IngestLayer`. uvicorn
-runs it in a daemon thread; the test talks to it over HTTP like any client would.
+MemoryLimiter and a ManualClock, wrapped in :class:`~pytest_bm._layer.IngestLayer` (planned
+faults, the journal). How it is served (a socket, uvicorn in a daemon thread, bmserver's
+protocol guard, a bounded stop) is :mod:`pytest_bm._server`; the test talks to it over HTTP
+like any client would.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import socket
 import threading
-import time
-from collections.abc import Callable, Coroutine, Generator, Iterable
+from collections.abc import Generator, Iterable
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, TypeVar, cast, overload
+from typing import Final, Literal, overload
 
 import attrs
-import uvicorn
 from starlette.types import ASGIApp
-from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.server import ServerState
 
 import bmcore
 from bmserver import (
-    DEFAULT_RATE_POLICY,
     ManualClock,
     MemoryLimiter,
     MemoryStore,
@@ -33,6 +28,7 @@ from bmserver import (
     StoreError,
     create_app,
     issue_api_key,
+    run_unsuspended,
 )
 from pytest_bm._assertions import (
     BACKUPS,
@@ -41,15 +37,8 @@ from pytest_bm._assertions import (
     rejection_report,
     wait_failure,
 )
-from pytest_bm._faults import (
-    Connections,
-    Delay,
-    Drop,
-    Fail,
-    FaultPlan,
-    IngestLayer,
-    Throttle,
-)
+from pytest_bm._faults import Delay, Drop, Fail, FaultPlan, Throttle
+from pytest_bm._layer import IngestLayer
 from pytest_bm._records import (
     BACKUP_PATH,
     KINDS,
@@ -61,128 +50,21 @@ from pytest_bm._records import (
     RecordedRequest,
     redact_key,
 )
+from pytest_bm._server import Connections, ServerThread, url_host
 
 __all__ = ["FakeIngest"]
 
-T = TypeVar("T")
-
 #: The scopes of the default key and of ``add_api_key`` unless told otherwise.
 DEFAULT_SCOPES: Final = ("ingest", "read")
-#: How long stop() lets uvicorn finish in-flight requests before closing their connections.
-#: A normal shutdown takes about 0.2 s (uvicorn polls its exit flag every 0.1 s).
-STOP_GRACE_S: Final = 1.0
 _NO_PROXY: Final = ("127.0.0.1", "localhost")
-
-
-def _run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine that never suspends to completion, here and now.
-
-    MemoryStore documents that its methods never await (each works under a threading.Lock),
-    so keys can be issued from the test's thread, before start() and without a round trip
-    to the server's loop.
-    """
-    try:
-        coroutine.send(None)
-    except StopIteration as finished:
-        result: T = finished.value
-        return result
-    coroutine.close()
-    raise RuntimeError("a MemoryStore call suspended, which its contract rules out")
-
-
-def _url_host(host: str) -> str:
-    """The host a client should connect to: a wildcard address means this machine."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
-    return f"[{host}]" if ":" in host else host
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket, bound here so that a bind error is raised by start() itself."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family)
-    except OSError as error:
-        raise RuntimeError(
-            f"the fake ingest endpoint cannot listen on {host}:{port}: {error}"
-        ) from error
-
-
-def _protocol_class(connections: Connections) -> type[H11Protocol]:
-    """The h11 protocol of uvicorn, registering each connection so that drop_next can close it.
-
-    h11 always, rather than httptools when it happens to be installed, so that the fake
-    behaves the same on every machine.
-    """
-
-    class _Protocol(H11Protocol):
-        def __init__(
-            self,
-            config: uvicorn.Config,
-            server_state: ServerState,
-            app_state: dict[str, Any],
-            _loop: asyncio.AbstractEventLoop | None = None,
-        ) -> None:
-            super().__init__(config, server_state, app_state, _loop)
-            # bmserver's AccessLog logs each request without its query string, where a
-            # careless client may have put its key; uvicorn's would print it. Switched off
-            # here rather than with Config(access_log=False), which reconfigures the
-            # process-wide "uvicorn.access" logger.
-            self.access_log = False
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            # asyncio's stream servers always pass a Transport; H11Protocol narrows the
-            # parameter to it, which a type checker rightly refuses in an override.
-            super().connection_made(cast("asyncio.Transport", transport))
-            connections.opened(self.client, transport)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            connections.closed(self.client)
-            super().connection_lost(exc)
-
-    return _Protocol
-
-
-class FakeServer(uvicorn.Server):
-    """uvicorn's server, telling a waiting thread when it listens or why it failed to."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = threading.Event()
-        self.event_loop: asyncio.AbstractEventLoop | None = None
-        self.failure: BaseException | None = None
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        self.event_loop = asyncio.get_running_loop()
-        await super().startup(sockets=sockets)
-        self.ready.set()
-
-    def serve_in_thread(self, sock: socket.socket) -> None:
-        """The thread's target; the thread owns ``sock`` and closes it when it ends."""
-        try:
-            self.run(sockets=[sock])
-        # uvicorn ends a failed start with SystemExit; start() reports whatever it was.
-        except BaseException as error:  # noqa: BLE001
-            self.failure = error
-        finally:
-            sock.close()
-            self.ready.set()
 
 
 @attrs.frozen
 class _Running:
-    """A started server and the handles needed to stop it."""
+    """A started server and the layer in front of its app."""
 
-    server: FakeServer
-    thread: threading.Thread
-    loop: asyncio.AbstractEventLoop
+    server: ServerThread
     layer: IngestLayer
-    connections: Connections
-    port: int
-
-    def call(self, function: Callable[[], None]) -> None:
-        """Run ``function`` on the server's loop, unless the loop is already gone."""
-        with contextlib.suppress(RuntimeError):  # closed: the thread is ending anyway
-            self.loop.call_soon_threadsafe(function)
 
     def release_for_stop(self) -> None:
         """On the loop: end the delays of requests held by delay_next; they are dropped."""
@@ -191,25 +73,6 @@ class _Running:
     def release_for_reset(self) -> None:
         """On the loop: end the delays of the previous test's requests; they are dropped."""
         self.layer.release_delayed(stopping=False)
-
-    def force(self) -> None:
-        """On the loop: skip uvicorn's waiting, and close every client connection."""
-        self.server.force_exit = True
-        self.connections.close_all()
-
-    def stop(self, timeout: float) -> None:
-        """Ask uvicorn to exit; after a grace, force it; RuntimeError if even that fails."""
-        deadline = time.monotonic() + timeout
-        # Requests held by delay_next would keep uvicorn waiting: they are dropped at once.
-        self.call(self.release_for_stop)
-        self.server.should_exit = True
-        self.thread.join(min(STOP_GRACE_S, timeout))
-        if self.thread.is_alive():
-            # Something still holds uvicorn (a client that sent half a request, say).
-            self.call(self.force)
-            self.thread.join(max(0.0, deadline - time.monotonic()))
-        if self.thread.is_alive():
-            raise RuntimeError(f"the fake ingest server did not stop within {timeout:g} s")
 
 
 class FakeIngest:
@@ -227,7 +90,9 @@ class FakeIngest:
 
     ``api_key`` is the default key (scopes ``ingest`` and ``read``), a fresh random one if
     None; ``rate_policy`` the limiter's policy, bmserver's default (a burst of 60, one more
-    per second) if None; ``port`` 0 picks a free port.
+    per second) if None; ``settings`` bmserver's :class:`~bmserver.Settings` for everything
+    else (body size and time limits, read quotas), its defaults if None; ``port`` 0 picks a
+    free port.
     """
 
     def __init__(
@@ -237,14 +102,18 @@ class FakeIngest:
         rate_policy: bmcore.RatePolicy | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        settings: Settings | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._api_key = (
             bmcore.generate_api_key() if api_key is None else bmcore.check_api_key_format(api_key)
         )
-        self._initial_policy = DEFAULT_RATE_POLICY if rate_policy is None else rate_policy
-        self._policy = self._initial_policy
+        initial = Settings() if settings is None else settings
+        if rate_policy is not None:
+            initial = attrs.evolve(initial, rate_policy=rate_policy)
+        self._initial_settings = initial
+        self._settings = initial
         # Guards the fields below against concurrent start/stop/reset from test threads; the
         # server thread only reads the references (swapping one is atomic).
         self._lock = threading.RLock()
@@ -272,62 +141,25 @@ class FakeIngest:
         with self._lock:
             if self._running is not None:
                 raise RuntimeError(f"the fake ingest endpoint already runs at {self.url}")
-            sock = _listen(self._host, self._port)
-            port = int(sock.getsockname()[1])
-            self._clock = ManualClock(datetime.now(UTC))
-            self._app = self._new_app()
-            connections = Connections()
-            layer = IngestLayer(
-                # Read per request: reset() and set_rate_policy() swap these.
-                app=self._current_app,
-                plan=self._plan,
-                journal=self._journal,
-                connections=connections,
-                policy=self._current_policy,
-                now=self._now,
-            )
-            config = uvicorn.Config(
-                layer,
-                http=_protocol_class(connections),
-                ws="none",  # nothing to upgrade to; and no websockets library to import
-                loop="asyncio",
-                # create_app's lifespan only opens and closes the store, and a MemoryStore
-                # needs neither; without it, reset() can swap in a fresh app at any time.
-                lifespan="off",
-                # Leave the process's logging configuration alone: this runs inside other
-                # programs' test suites.
-                log_config=None,
-                # Trusting X-Forwarded-For from loopback would let a request choose its
-                # client address, which the drop fault and bmserver's lock-out rely on.
-                proxy_headers=False,
-                server_header=False,
-            )
-            server = FakeServer(config)
-            thread = threading.Thread(
-                target=server.serve_in_thread,
-                args=(sock,),
-                name=f"bm-fake-ingest:{port}",
-                daemon=True,
-            )
-            thread.start()
-            if not server.ready.wait(timeout):
-                # The thread stops by itself once uvicorn is up (or has failed).
-                server.should_exit = True
-                raise RuntimeError(f"the fake ingest endpoint did not start within {timeout:g} s")
-            if not server.started or server.event_loop is None:
-                thread.join(STOP_GRACE_S)
-                raise RuntimeError(
-                    f"the fake ingest endpoint failed to start: {server.failure!r} "
-                    "(uvicorn's log says more)"
+            layers: list[IngestLayer] = []
+
+            def serve(connections: Connections) -> ASGIApp:
+                # Called once the socket listens: a port in use leaves the fake as it was.
+                self._clock = ManualClock(datetime.now(UTC))
+                self._app = self._new_app()
+                layer = IngestLayer(
+                    # Read per request: reset() and set_rate_policy() swap these.
+                    app=self._current_app,
+                    plan=self._plan,
+                    journal=self._journal,
+                    connections=connections,
+                    policy=self._current_policy,
                 )
-            self._running = _Running(
-                server=server,
-                thread=thread,
-                loop=server.event_loop,
-                layer=layer,
-                connections=connections,
-                port=port,
-            )
+                layers.append(layer)
+                return layer
+
+            server = ServerThread.start(serve, host=self._host, port=self._port, timeout=timeout)
+            self._running = _Running(server=server, layer=layers[0])
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop serving, within ``timeout`` whatever the clients do; RuntimeError if not.
@@ -338,7 +170,8 @@ class FakeIngest:
         with self._lock:
             running, self._running = self._running, None
         if running is not None:
-            running.stop(timeout)
+            # Requests held by delay_next would keep uvicorn waiting: they are dropped at once.
+            running.server.stop(timeout, first=running.release_for_stop)
 
     @classmethod
     @contextlib.contextmanager
@@ -349,9 +182,12 @@ class FakeIngest:
         rate_policy: bmcore.RatePolicy | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        settings: Settings | None = None,
     ) -> Generator[FakeIngest]:
         """``with FakeIngest.running() as fake:`` starts a fake, and stops it on the way out."""
-        fake = cls(api_key=api_key, rate_policy=rate_policy, host=host, port=port)
+        fake = cls(
+            api_key=api_key, rate_policy=rate_policy, host=host, port=port, settings=settings
+        )
         fake.start()
         try:
             yield fake
@@ -373,20 +209,19 @@ class FakeIngest:
             self._store.clear()
             self._keys = []
             self._issue(self._api_key, account="default", scopes=DEFAULT_SCOPES)
-            self._policy = self._initial_policy
+            self._settings = self._initial_settings
             self._clock = clock
             self._app = None
             if self._running is not None:
-                self._running.call(self._running.release_for_reset)
+                self._running.server.call(self._running.release_for_reset)
 
     def _new_app(self) -> ASGIApp:
         # A new app comes with a new limiter and a new lock-out table for failed keys, which
         # must not carry over from one test to the next.
-        settings = Settings(rate_policy=self._policy)
         return create_app(
-            settings,
+            self._settings,
             store=self._store,
-            limiter=MemoryLimiter(self._policy),
+            limiter=MemoryLimiter(self._settings.rate_policy),
             clock=self._clock,
         )
 
@@ -408,10 +243,7 @@ class FakeIngest:
         return app
 
     def _current_policy(self) -> bmcore.RatePolicy:
-        return self._policy
-
-    def _now(self) -> datetime:
-        return self._clock.now()
+        return self._settings.rate_policy
 
     def _require_running(self) -> _Running:
         running = self._running
@@ -424,7 +256,7 @@ class FakeIngest:
     @property
     def url(self) -> str:
         """The base URL, such as ``http://127.0.0.1:41234``."""
-        return f"http://{_url_host(self._host)}:{self._require_running().port}"
+        return f"http://{url_host(self._host)}:{self._require_running().server.port}"
 
     @property
     def backup_url(self) -> str:
@@ -488,10 +320,13 @@ class FakeIngest:
                 known = ", ".join(scope.value for scope in Scope)
                 raise ValueError(f"unknown scope {name!r}; the scopes are {known}") from None
         try:
-            _run_sync(
+            # MemoryStore's methods never suspend (each works under a threading.Lock): the key
+            # is issued here, in the caller's thread, before start() or while serving.
+            run_unsuspended(
                 issue_api_key(
                     self._store, account=account, scopes=parsed, now=self._clock.now(), key=key
-                )
+                ),
+                refusal="a MemoryStore call suspended, which its contract rules out",
             )
         except StoreError:
             raise ValueError(
@@ -505,7 +340,7 @@ class FakeIngest:
         reset() restores the policy the fake was created with.
         """
         with self._lock:
-            self._policy = policy
+            self._settings = attrs.evolve(self._settings, rate_policy=policy)
             self._app = None
 
     # --- what arrived -------------------------------------------------------------------------
@@ -533,7 +368,7 @@ class FakeIngest:
     @property
     def pending_faults(self) -> list[str]:
         """The planned faults not applied yet, in order, e.g. ``["fail 503", "drop"]``."""
-        return self._plan.pending()
+        return [fault.label for fault in self._plan.pending()]
 
     # --- assertions ---------------------------------------------------------------------------
 

@@ -1,25 +1,32 @@
 """What the fake received: typed, immutable records, and the journal that keeps them.
 
-The ASGI layer (:mod:`pytest_bm._faults`) hands every finished request to :class:`Journal` as
-an :class:`Exchange` (the raw request and the raw answer). The journal turns it into records:
-a :class:`RecordedRequest` for every request, and for each ``201`` on an ingest path a
-:class:`ReceivedBackup` or :class:`ReceivedNotification`, decoded again from the request body
-with bmcore, the same function with the same input as the server, so the same result.
+The ASGI layer (:mod:`pytest_bm._layer`) hands every finished request to :class:`Journal` as
+an :class:`Exchange`: the request and the answer as they passed, the fault applied, and what
+bmserver's ingest endpoint decided (:class:`bmserver.IngestOutcome`, which the app leaves in
+the request's scope). The journal turns it into records: a :class:`RecordedRequest` for every
+request, and for each ``201`` a :class:`ReceivedBackup` or :class:`ReceivedNotification`
+holding the entry exactly as the app decoded and stored it: nothing is decoded twice.
+
+This module imports no web framework (the plugin may import it for annotations): bmserver's
+types appear in annotations only.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import zlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Final, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast
 
 import attrs
 
 import bmcore
+from pytest_bm._faults import AppliedFault
+
+if TYPE_CHECKING:
+    from bmserver import IngestOutcome
 
 __all__ = [
     "BACKUP_PATH",
@@ -43,9 +50,6 @@ KINDS: Final[tuple[Kind, ...]] = ("backup", "notification", "request")
 # RFC 9457's media type, as bmserver sends it. Spelled out rather than imported from bmserver,
 # so that the records (which the plugin may import for annotations) import no web framework.
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
-
-# Faults that answer (or refuse to) in place of the app; a delayed request is answered by it.
-_ANSWERING_FAULTS: Final = frozenset({"fail", "throttle", "drop"})
 
 # A key shorter than this is shown not at all: its display prefix would be most of it.
 _SHOWABLE_KEY_LENGTH: Final = 32
@@ -100,14 +104,22 @@ class RecordedRequest:
     body: bytes
     #: The parsed ``application/problem+json`` body of an error answer, else None.
     problem: dict[str, Any] | None
-    #: The planned fault applied to this request ("fail 503", "throttle retry_after=2",
-    #: "delay 0.5s", "drop"), or None.
-    fault: str | None
+    #: The planned fault applied to this request (:class:`~pytest_bm.Fail`, ...), or None.
+    applied_fault: AppliedFault | None
+
+    @property
+    def fault(self) -> str | None:
+        """How the applied fault is shown, or None.
+
+        "fail 503", "throttle retry_after=2", "delay 0.5s", "drop", "delay 0.5s, dropped at
+        reset": for messages; branch on :attr:`applied_fault`.
+        """
+        return None if self.applied_fault is None else self.applied_fault.label
 
     @property
     def answered_by_fault(self) -> bool:
         """Whether a planned fail, throttle or drop answered instead of bmserver's app."""
-        return self.fault is not None and self.fault.split()[0] in _ANSWERING_FAULTS
+        return self.applied_fault is not None and self.applied_fault.replaces_answer
 
     @property
     def rejected(self) -> bool:
@@ -159,7 +171,9 @@ class Exchange:
     status: int | None = None
     response_headers: Sequence[tuple[bytes, bytes]] = ()
     response_body: bytes = b""
-    fault: str | None = None
+    fault: AppliedFault | None = None
+    #: What the ingest endpoint decided, when it stored the entry or found it stored.
+    outcome: IngestOutcome[bmcore.BackupEntry] | IngestOutcome[bmcore.Notification] | None = None
 
 
 Received: TypeAlias = ReceivedBackup | ReceivedNotification
@@ -182,36 +196,25 @@ def _problem(exchange: Exchange) -> dict[str, Any] | None:
     return cast("dict[str, Any]", parsed)
 
 
-def _inflated(exchange: Exchange) -> bytes:
-    """The body as the server decoded it: gzip undone exactly as bmserver does it."""
-    encoding = _header(exchange.request_headers, b"content-encoding").strip().lower()
-    if encoding in {"gzip", "x-gzip"}:
-        return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(exchange.body)
-    return exchange.body
-
-
-def _received(exchange: Exchange, headers: Mapping[str, str], now: datetime) -> Received | None:
-    """The backup or notification a 201 stored, or None for any other answer."""
-    if exchange.status != 201 or exchange.method != "POST":
+def _received(exchange: Exchange, headers: Mapping[str, str]) -> Received | None:
+    """The backup or notification a 201 stored, as the app decided it; None for other answers."""
+    outcome = exchange.outcome
+    if exchange.status != 201 or outcome is None:
         return None
-    if exchange.path not in {BACKUP_PATH, NOTIFICATION_PATH}:
-        return None
-    answer = json.loads(exchange.response_body)
-    entry_id = str(answer["id"])
-    received_at = bmcore.parse_timestamp(str(answer["receivedAt"]))
-    # The server accepted this body with bmcore at a time no later than ``now``; the clock
-    # only moves forward and the time policy only gets looser with time, so decoding again
-    # gives the same value.
-    if exchange.path == BACKUP_PATH:
-        backup = bmcore.decode_backup(_inflated(exchange), now=now).value
+    result = outcome.result
+    value = outcome.decoded.value
+    if isinstance(value, bmcore.BackupEntry):
         return ReceivedBackup(
-            entry=backup, id=entry_id, received_at=received_at, headers=headers, body=exchange.body
+            entry=value,
+            id=result.id,
+            received_at=result.received_at,
+            headers=headers,
+            body=exchange.body,
         )
-    notification = bmcore.decode_notification(_inflated(exchange), now=now).value
     return ReceivedNotification(
-        notification=notification,
-        id=entry_id,
-        received_at=received_at,
+        notification=value,
+        id=result.id,
+        received_at=result.received_at,
         headers=headers,
         body=exchange.body,
     )
@@ -247,8 +250,8 @@ class Journal:
             self._notifications = []
             self._changed.notify_all()
 
-    def add(self, exchange: Exchange, *, generation: int, now: datetime) -> None:
-        """Record a finished request that started in ``generation``, decoded at ``now``."""
+    def add(self, exchange: Exchange, *, generation: int) -> None:
+        """Record a finished request that started in ``generation``."""
         headers = _headers(exchange.request_headers)
         request = RecordedRequest(
             method=exchange.method,
@@ -257,9 +260,9 @@ class Journal:
             headers=headers,
             body=exchange.body,
             problem=_problem(exchange),
-            fault=exchange.fault,
+            applied_fault=exchange.fault,
         )
-        received = _received(exchange, headers, now)
+        received = _received(exchange, headers)
         with self._changed:
             if generation != self._generation:
                 return

@@ -1,8 +1,9 @@
 """Rows as the first release stored them: matching keys computed by the old canonical form.
 
 The first canonical form kept default-ignorable characters (``srv<U+200B>01`` was not
-``srv01``); schema migration 3 re-keys such rows. The migration tests of both SQL stores build
-their version-2 databases with these.
+``srv01``); schema migration 3 re-keys such rows. The migration tests of the SQL stores
+(``tests/server/test_sql_stores.py``, on SQLite and PostgreSQL alike) build their version-2
+databases with these.
 """
 
 from __future__ import annotations

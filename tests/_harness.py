@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -190,3 +193,15 @@ def assert_problem(reply: Reply, status: int, code: str) -> dict[str, Any]:
     assert body["title"]
     assert body["detail"]
     return body
+
+
+def run_probe(source: str) -> str:
+    """What a fresh interpreter running ``source`` prints: for what an import loads.
+
+    Without coverage's variables: its subprocess hook would load more (sqlite3) into the child.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COV_CORE_", "COVERAGE_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", source], capture_output=True, text=True, check=True, env=env
+    )
+    return result.stdout

@@ -6,15 +6,18 @@ override, in the pytest-httpserver manner.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
+import attrs
 import hypothesis
 import pytest
 from _harness import START, Client, RunningServer, loop_of, serve, stop
 
 from bmserver import (
+    DEFAULT_RATE_POLICY,
     Limiter,
     ManualClock,
     MemoryLimiter,
@@ -95,14 +98,15 @@ def running(
     The same tests run against bmserver and against the fake: fidelity, proven.
     """
     if backend == "fake":
-        fake: FakeIngest = request.getfixturevalue("session_fake")
-        fake.reset(now=clock.now())
-        fake.set_rate_policy(settings.rate_policy)
-        # The fake's store is private to users; the contract tests look inside on purpose.
-        inside = fake._store  # pyright: ignore[reportPrivateUsage] - the harness checks storage
-        running = RunningServer(Client("127.0.0.1", _port(fake.url), ""), inside, fake.clock, None)
-        running.client.api_key = running.new_key("acme")
-        yield running
+        with _fake_for(request, settings) as fake:
+            fake.reset(now=clock.now())
+            fake.set_rate_policy(settings.rate_policy)
+            # The fake's store is private to users; the contract tests look inside on purpose.
+            inside = fake._store  # pyright: ignore[reportPrivateUsage] - the harness checks storage
+            client = Client("127.0.0.1", _port(fake.url), "")
+            running = RunningServer(client, inside, fake.clock, None)
+            running.client.api_key = running.new_key("acme")
+            yield running
         return
     app = create_app(settings, store=store, limiter=limiter, clock=clock)
     server, thread, port = serve(app)
@@ -118,6 +122,16 @@ def running(
 def client(running: RunningServer) -> Client:
     """The HTTP client of the running server."""
     return running.client
+
+
+@contextlib.contextmanager
+def _fake_for(request: pytest.FixtureRequest, settings: Settings) -> Generator[FakeIngest]:
+    """The session's fake, or a fake of its own for settings beyond the rate policy."""
+    if attrs.evolve(settings, rate_policy=DEFAULT_RATE_POLICY) == Settings():
+        yield request.getfixturevalue("session_fake")
+        return
+    with FakeIngest.running(settings=settings) as fake:
+        yield fake
 
 
 def _port(url: str) -> int:

@@ -20,8 +20,9 @@ import pytest
 from _harness import Client, assert_problem, backup, notification
 
 import bmcore
-from pytest_bm._fake import FakeIngest, FakeServer
-from pytest_bm._records import RecordedRequest
+from bmserver import Problem
+from pytest_bm import Delay, Drop, Fail, FakeIngest, Interrupted, RecordedRequest, Throttle
+from pytest_bm._server import FakeServer
 
 BACKUP = "/api/ingest/backup"
 NOTIFICATION = "/api/ingest/notification"
@@ -208,6 +209,8 @@ def test_stop_drops_a_request_held_by_delay_next() -> None:
         assert read_until_closed(connection) == b""
     [request] = fake.requests
     assert (request.status, request.fault) == (None, "delay 3600s, dropped at stop")
+    assert request.applied_fault == Interrupted(Delay(3600), by="stop")
+    assert not request.answered_by_fault
 
 
 def test_repr_shows_the_url_and_only_the_key_prefix(fake: FakeIngest) -> None:
@@ -596,6 +599,58 @@ def test_a_delayed_rejection_is_still_a_rejection(fake: FakeIngest, client: Clie
     fake.delay_next(0)
     assert client.post(BACKUP, {"deviceName": "srv01"}).status == 400
     assert [r.fault for r in fake.rejections] == ["delay 0s"]
+
+
+def test_records_name_the_applied_fault_as_a_typed_value(fake: FakeIngest, client: Client) -> None:
+    """RecordedRequest.applied_fault is the planned fault itself; fault is its label."""
+    fake.fail_next(503)
+    fake.throttle_next(2)
+    fake.delay_next(0)
+    fake.drop_next()
+    for _ in range(3):
+        client.post(BACKUP, backup())
+    with pytest.raises(http.client.RemoteDisconnected):
+        client.post(BACKUP, backup())
+    applied = [request.applied_fault for request in fake.requests]
+    assert applied == [Fail(503), Throttle(2), Delay(0), Drop()]
+    assert [request.fault for request in fake.requests] == [
+        fault.label for fault in (Fail(503), Throttle(2), Delay(0), Drop())
+    ]
+    assert [request.answered_by_fault for request in fake.requests] == [True, True, False, True]
+
+
+_FAILING = sorted({p.status for p in Problem if p.status is not None and p.status >= 400})
+
+
+@pytest.mark.parametrize("status", [*_FAILING, 418])
+def test_fail_next_answers_the_problem_bmserver_answers_that_status_with(
+    fake: FakeIngest, client: Client, status: int
+) -> None:
+    """A planned status gets the code of bmserver's table for it, else planned_failure."""
+    fake.fail_next(status)
+    expected = Problem.for_status(status) or Problem.PLANNED_FAILURE
+    problem = assert_problem(client.post(BACKUP, backup()), status, expected.code)
+    assert problem["title"] == expected.title
+
+
+def test_the_journal_takes_the_entry_the_app_decoded_without_decoding_again(
+    fake: FakeIngest, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each accepted body is decoded once, by bmcore in the app; the record holds that result."""
+    calls: list[bytes] = []
+    decode = bmcore.decode_backup
+
+    def counted(data: bytes, *, now: datetime) -> bmcore.Decoded[bmcore.BackupEntry]:
+        calls.append(data)
+        return decode(data, now=now)
+
+    monkeypatch.setattr(bmcore, "decode_backup", counted)
+    raw = gzip.compress(json.dumps(backup()).encode())
+    assert client.request("POST", BACKUP, raw, {"Content-Encoding": "gzip"}).status == 201
+    assert calls == [json.dumps(backup()).encode()]  # the app's, of the inflated body
+    [record] = fake.backups
+    assert record.entry == decode(calls[0], now=fake.clock.now()).value
+    assert record.body == raw
 
 
 IMPOSSIBLE_FAULTS: list[tuple[Callable[[FakeIngest], None], str]] = [

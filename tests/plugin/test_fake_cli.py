@@ -18,8 +18,8 @@ import attrs
 import pytest
 from _harness import backup
 
+from pytest_bm import FakeIngest
 from pytest_bm._cli import follow_real_time, main
-from pytest_bm._fake import FakeIngest
 
 #: Bounds every wait here; none is expected to come near it.
 PATIENCE_S = 20.0

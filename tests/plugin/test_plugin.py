@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
+from _harness import run_probe
 
 # A client as an integrator's test would write it: standard library only.
 CLIENT = """
@@ -254,12 +251,7 @@ def test_loading_the_plugin_imports_nothing_heavy() -> None:
         "heavy = ['bmserver', 'starlette', 'uvicorn', 'pytest_bm._fake', 'sqlite3']\n"
         "print([name for name in heavy if name in sys.modules])\n"
     )
-    # Without coverage's variables: its subprocess hook would load sqlite3 into the child.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COV_CORE_", "COVERAGE_"))}
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env
-    )
-    assert result.stdout.strip() == "[]"
+    assert run_probe(probe).strip() == "[]"
 
 
 def test_rate_policy_and_start_time_fixtures_can_be_overridden(project: pytest.Pytester) -> None:

@@ -878,7 +878,7 @@ def test_unparseable_http_is_answered_with_a_problem(target: Target) -> None:
     """Even a request line that cannot be parsed gets an RFC 9457 problem.
 
     uvicorn answers HTTP that h11 cannot parse itself, before the app, with text/plain;
-    bmserver's protocol class (bmserver/_protocol.py) answers with problem+json instead.
+    bmserver's protocol class (bmserver/http/_protocol.py) answers with problem+json instead.
     """
     answer = target.exchange(_MALFORMED["a garbage request line"], source=_NO_KEY_SOURCE)
     assert answer is not None

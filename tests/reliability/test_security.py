@@ -601,7 +601,7 @@ def test_a_cursor_reveals_nothing_of_other_accounts_volume(
 ) -> None:
     """B's cursors are the same whether or not account A wrote between B's entries.
 
-    Entry ids are random so that they "reveal nothing about volumes" (bmserver/_memory.py,
+    Entry ids are random so that they "reveal nothing about volumes" (bmserver/storage/_entries.py,
     new_id); a cursor must not either. Compared on two servers, as far as a cursor can be read
     (an opaque, encrypted cursor passes): the numbers it carries must not count A's rows.
     """

@@ -12,10 +12,10 @@ What bmserver bounds, as configured in bmserver/_cli.py (uvicorn 0.54 with its h
 - a body: bmserver reads at most 64 KiB (413), and uvicorn stops reading a connection whose
   unread body passes 64 KiB;
 - a request head: due within 5 s of the connection opening or of the previous answer, or the
-  connection is closed (bmserver/_protocol.py; uvicorn has no such deadline);
+  connection is closed (bmserver/http/_protocol.py; uvicorn has no such deadline);
 - a body's arrival: the app answers 408 after ``Settings.body_timeout_s``;
 - a body left unread by an early answer (a 413 on Content-Length, a 404, a GET's body): the
-  answer says ``Connection: close`` and the connection is closed (bmserver/_protocol.py).
+  answer says ``Connection: close`` and the connection is closed (bmserver/http/_protocol.py).
 
 :func:`test_connections_are_closed_by_the_server_s_time_outs` and
 :func:`test_answers_given_before_the_body_do_not_hold_connections` check that every connection
@@ -49,7 +49,7 @@ import uvicorn
 from _reliability import HOST, PROFILE, ServerProcess, Tally, post_json, request, scaled
 
 from bmserver import Settings
-from bmserver._protocol import HEAD_TIMEOUT_S as PROTOCOL_HEAD_TIMEOUT_S
+from bmserver.http._protocol import HEAD_TIMEOUT_S as PROTOCOL_HEAD_TIMEOUT_S
 
 #: One byte per tick on every trickling connection: a slowloris, not a flood.
 TICK_S: Final = 0.1
@@ -70,7 +70,7 @@ KEEP_ALIVE_S: Final = float(
 )
 #: Scheduling slack on a busy machine; the waits end as soon as the server acts.
 MARGIN_S: Final = 10.0
-#: A request head must arrive within this (bmserver/_protocol.py), a body within that.
+#: A request head must arrive within this (bmserver/http/_protocol.py), a body within that.
 HEAD_TIMEOUT_S: Final = PROTOCOL_HEAD_TIMEOUT_S
 BODY_TIMEOUT_S: Final = Settings().body_timeout_s
 #: How much longer than the keep-alive connection the unfinished requests are watched.
@@ -224,7 +224,7 @@ def test_connections_are_closed_by_the_server_s_time_outs(
     """Every connection without a whole request is closed by a time-out, not held for ever.
 
     An idle keep-alive connection: uvicorn's keep-alive timeout. A silent new connection, or
-    headers cut off: bmserver's head deadline (bmserver/_protocol.py), since uvicorn has none.
+    headers cut off: bmserver's head deadline (bmserver/http/_protocol.py), since uvicorn has none.
     A body cut off: the app's body time-out, answered 408.
     """
     body = _slow_payload(0)

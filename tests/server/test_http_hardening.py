@@ -31,7 +31,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 def store(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Store:
     """The store of the server under test (the app opens and closes it)."""
     if backend == "postgres":
-        from bmserver._postgres import PostgresStore  # noqa: PLC0415 - an optional extra
+        from bmserver.storage._postgres import PostgresStore  # noqa: PLC0415 - an optional extra
 
         url: str = request.getfixturevalue("postgres_url")
         return PostgresStore(url, schema=request.getfixturevalue("postgres_schema"))

@@ -47,7 +47,7 @@ def limiter(request: pytest.FixtureRequest, run: Run) -> Iterator[Limiter]:
     if request.param == "memory":
         yield MemoryLimiter(POLICY)
         return
-    from bmserver._redis_limiter import RedisLimiter, connect_redis  # noqa: PLC0415
+    from bmserver import RedisLimiter, connect_redis  # noqa: PLC0415 - redis is an extra
 
     url: str = request.getfixturevalue("redis_url")
     namespace: str = request.getfixturevalue("redis_namespace")

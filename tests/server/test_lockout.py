@@ -49,7 +49,7 @@ def make(request: pytest.FixtureRequest) -> Iterator[Make]:
     ) -> RunningServer:
         chosen: Store
         if store == "postgres":
-            from bmserver._postgres import PostgresStore  # noqa: PLC0415 - an optional extra
+            from bmserver.storage._postgres import PostgresStore  # noqa: PLC0415 - an optional extra
 
             url: str = request.getfixturevalue("postgres_url")
             chosen = PostgresStore(url, schema=request.getfixturevalue("postgres_schema"))
@@ -57,7 +57,7 @@ def make(request: pytest.FixtureRequest) -> Iterator[Make]:
             chosen = MemoryStore()
         counter: Limiter
         if failures == "redis":
-            from bmserver._redis_limiter import RedisLimiter, connect_redis  # noqa: PLC0415
+            from bmserver import RedisLimiter, connect_redis  # noqa: PLC0415 - redis is an extra
 
             counter = RedisLimiter(
                 connect_redis(request.getfixturevalue("redis_url")),

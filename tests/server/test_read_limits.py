@@ -24,8 +24,8 @@ from bmserver import (
     Settings,
     issue_api_key,
 )
-from bmserver._gate import LimiterGate
-from bmserver._reads import (  # the paging under test
+from bmserver.http._gate import LimiterGate
+from bmserver.http._reads import (  # the paging under test
     _ENVELOPE_BYTES,  # pyright: ignore[reportPrivateUsage]
     ReadSide,
     _backup_json,  # pyright: ignore[reportPrivateUsage]

@@ -15,9 +15,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from bmcore import RatePolicy, decide, refund
-from bmserver import Settings
-from bmserver._limiter import LimiterUnavailableError
-from bmserver._redis_limiter import GCRA_SCRIPT, RedisLimiter, connect_redis
+from bmserver import LimiterUnavailableError, RedisLimiter, Settings, connect_redis
+from bmserver.limits._redis import GCRA_SCRIPT
 
 NS = 1_000_000_000
 #: A realistic instant, far beyond 2**53 nanoseconds: the script must stay exact there.

@@ -93,7 +93,7 @@ class TestPostgresPoolTimeOut:
     @pytest.fixture
     def store(self, postgres_url: str, postgres_schema: str) -> Store:
         """A store whose only connection a blocked write can hold."""
-        from bmserver._postgres import PostgresStore  # noqa: PLC0415 - an optional extra
+        from bmserver.storage._postgres import PostgresStore  # noqa: PLC0415 - an optional extra
 
         return PostgresStore(postgres_url, schema=postgres_schema, max_size=1, pool_timeout_s=0.2)
 

@@ -3,33 +3,43 @@
 Every test gets a fresh, opened store of each kind (``store``) and an account in it; the
 PostgreSQL one gets a schema of its own, and is skipped when no PostgreSQL is reachable. At the
 end, hypothesis tests replay the same random writes on MemoryStore and on each other store and
-compare every answer and every listing, and a few tests cover what only MemoryStore has
-(``reset``, ``clear``, threads).
+compare every answer and every listing. What only one store has is in its own module
+(``test_memory_store.py``, ``test_sqlite_store.py``, ``test_postgres_store.py``); what the two
+SQL stores share beyond the contract is in ``test_sql_stores.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import re
-import sys
 import tempfile
-import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import TypeVar, cast
 
 import attrs
 import pytest
+from _stores import (
+    NOW,
+    at,
+    backup,
+    backups_of,
+    lists_of,
+    make_store,
+    notification,
+    notifications_of,
+    pages_of,
+    run_async,
+    shared_loop,
+    walk,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bmcore
-from bmserver._memory import MemoryStore, decode_cursor, encode_cursor, split_datetime
-from bmserver._sqlite import SqliteStore
-from bmserver._store import (
+from bmserver.storage._contract import (
     Account,
     BackupQuery,
     ConflictError,
@@ -46,59 +56,18 @@ from bmserver._store import (
     UnknownKeyError,
     WriteResult,
 )
+from bmserver.storage._cursors import decode_cursor, encode_cursor
+from bmserver.storage._memory import MemoryStore
+from bmserver.storage._sqlite import SqliteStore
 
-P = ParamSpec("P")
 T = TypeVar("T")
-
-NOW = datetime(2024, 6, 4, 12, 5, tzinfo=UTC)
-
-
-class _LoopOfTest:
-    """The event loop of the running test, shared with its fixtures (see :func:`loop_runner`)."""
-
-    runner: asyncio.Runner | None = None
-
-
-def run_async(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
-    """Run an async test function in the test's event loop (no pytest async plugin needed)."""
-
-    @functools.wraps(test)
-    def run(*args: P.args, **kwargs: P.kwargs) -> None:
-        runner = _LoopOfTest.runner
-        if runner is None:
-            asyncio.run(test(*args, **kwargs))
-        else:
-            runner.run(test(*args, **kwargs))
-
-    return run
 
 
 @pytest.fixture(autouse=True)
 def loop_runner() -> Iterator[asyncio.Runner]:
-    """One event loop for each test and its fixtures.
-
-    A PostgresStore's connection pool belongs to the loop that opened it: the fixture that
-    opens the store, the test that uses it and the fixture that closes it must share one loop
-    (an ``asyncio.run`` each would give each one its own).
-    """
-    with asyncio.Runner() as runner:
-        _LoopOfTest.runner = runner
-        try:
-            yield runner
-        finally:
-            _LoopOfTest.runner = None
-
-
-def make_store(request: pytest.FixtureRequest, kind: str, directory: Path) -> Store:
-    """A new, unopened store of the given kind (PostgreSQL: in the test's own schema)."""
-    if kind == "memory":
-        return MemoryStore()
-    if kind == "sqlite":
-        return SqliteStore(directory / "bm.sqlite3")
-    from bmserver._postgres import PostgresStore  # noqa: PLC0415 - psycopg is an optional extra
-
-    url: str = request.getfixturevalue("postgres_url")
-    return PostgresStore(url, schema=request.getfixturevalue("postgres_schema"))
+    """One event loop for each test and its fixtures (a PostgresStore's pool needs it)."""
+    with shared_loop() as runner:
+        yield runner
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
@@ -118,100 +87,9 @@ def account(store: Store, loop_runner: asyncio.Runner) -> Account:
     return loop_runner.run(store.create_account("acme", now=NOW))
 
 
-def at(text: str) -> datetime:
-    """A timestamp as bmcore parses it (fixed offset)."""
-    return bmcore.parse_timestamp(text)
-
-
-def backup(
-    job: str = "Nightly Full Backup",
-    *,
-    device: str = "srv01",
-    sender: str = "script-srv01",
-    timestamp: str = "2024-06-04T14:00:00+02:00",
-    status: str = "Success",
-    message: str = "Backup completed.",
-) -> bmcore.BackupEntry:
-    """A backup entry with sensible defaults."""
-    return bmcore.BackupEntry(
-        device_name=device,
-        job_name=job,
-        timestamp=at(timestamp),
-        status=status,
-        message=message,
-        sender=sender,
-    )
-
-
-def notification(
-    kind: str = "disk_space_low",
-    *,
-    device: str = "srv01",
-    sender: str = "disk-monitor",
-    job: str | None = None,
-    timestamp: str = "2024-06-04T14:00:00+02:00",
-    severity: bmcore.Severity = bmcore.Severity.WARNING,
-    message: str | None = "5% free",
-) -> bmcore.Notification:
-    """A notification with sensible defaults."""
-    return bmcore.Notification(
-        device_name=device,
-        timestamp=at(timestamp),
-        severity=severity,
-        type=kind,
-        job_name=job,
-        message=message,
-        sender=sender,
-    )
-
-
-async def walk(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[T]:
-    """Every item of a paginated list, following the cursors to the end."""
-    items: list[T] = []
-    cursor: str | None = None
-    while True:
-        page = await fetch(cursor)
-        items.extend(page.items)
-        if page.next_cursor is None:
-            return items
-        cursor = page.next_cursor
-
-
-async def pages_of(fetch: Callable[[str | None], Awaitable[Page[T]]]) -> list[Page[T]]:
-    """Every page of a paginated list, following the cursors to the end."""
-    pages: list[Page[T]] = []
-    cursor: str | None = None
-    while True:
-        page = await fetch(cursor)
-        pages.append(page)
-        if page.next_cursor is None:
-            return pages
-        cursor = page.next_cursor
-
-
 def raw_cursor(text: str) -> str:
     """A cursor's text in unpadded base64url, as the stores hand them out (made by hand here)."""
     return base64.urlsafe_b64encode(text.encode("ascii")).rstrip(b"=").decode("ascii")
-
-
-async def backups_of(
-    store: Store, account_id: str, query: BackupQuery | None = None, limit: int = 1000
-) -> list[StoredBackup]:
-    """Every backup of an account matching the query, newest first."""
-    wanted = query or BackupQuery()
-    return await walk(
-        lambda cursor: store.list_backups(account_id, wanted, limit=limit, cursor=cursor)
-    )
-
-
-async def notifications_of(
-    store: Store, account_id: str, query: NotificationQuery | None = None, limit: int = 1000
-) -> list[StoredNotification]:
-    """Every notification of an account matching the query, newest first."""
-    wanted = query or NotificationQuery()
-    return await walk(
-        lambda cursor: store.list_notifications(account_id, wanted, limit=limit, cursor=cursor)
-    )
 
 
 # --- accounts and keys ----------------------------------------------------------------------------
@@ -989,36 +867,6 @@ async def test_accounts_are_isolated(store: Store, account: Account) -> None:
 # --- read side: refusals --------------------------------------------------------------------------
 
 
-def _lists(
-    store: Store, account_id: str, limit: int = 1
-) -> dict[str, Callable[[str | None], Awaitable[Page[object]]]]:
-    """The four lists of an account, each as a function of the cursor."""
-
-    async def backups(cursor: str | None) -> Page[object]:
-        page = await store.list_backups(account_id, BackupQuery(), limit=limit, cursor=cursor)
-        return Page(items=list(page.items), next_cursor=page.next_cursor)
-
-    async def notifications(cursor: str | None) -> Page[object]:
-        query = NotificationQuery()
-        page = await store.list_notifications(account_id, query, limit=limit, cursor=cursor)
-        return Page(items=list(page.items), next_cursor=page.next_cursor)
-
-    async def devices(cursor: str | None) -> Page[object]:
-        page = await store.list_devices(account_id, limit=limit, cursor=cursor)
-        return Page(items=list(page.items), next_cursor=page.next_cursor)
-
-    async def jobs(cursor: str | None) -> Page[object]:
-        page = await store.list_jobs(account_id, device_name=None, limit=limit, cursor=cursor)
-        return Page(items=list(page.items), next_cursor=page.next_cursor)
-
-    return {
-        "backups": backups,
-        "notifications": notifications,
-        "devices": devices,
-        "jobs": jobs,
-    }
-
-
 @run_async
 async def test_invalid_cursors_are_refused(store: Store, account: Account) -> None:
     """Garbage, damaged, non-canonical and other lists' cursors raise InvalidCursorError."""
@@ -1026,7 +874,7 @@ async def test_invalid_cursors_are_refused(store: Store, account: Account) -> No
         await store.add_backup(account.id, backup(timestamp=stamp), now=NOW)
         await store.add_notification(account.id, notification(timestamp=stamp), now=NOW)
         await store.add_backup(account.id, backup(device=stamp), now=NOW)
-    lists = _lists(store, account.id)
+    lists = lists_of(store, account.id)
     genuine: dict[str, str] = {}
     for kind, fetch in lists.items():
         page = await fetch(None)
@@ -1063,7 +911,7 @@ async def test_cursors_beyond_any_time(store: Store, account: Account) -> None:
     """A well-formed cursor past year 9999 continues from the top; one before year 1 ends."""
     await store.add_backup(account.id, backup(), now=NOW)
     await store.add_notification(account.id, notification(), now=NOW)
-    for kind, fetch in _lists(store, account.id).items():
+    for kind, fetch in lists_of(store, account.id).items():
         assert len((await fetch(encode_cursor(kind, (2**62, 0)))).items) == 1
         assert (await fetch(encode_cursor(kind, (-(2**62), 0)))).items == []
 
@@ -1079,7 +927,8 @@ async def test_a_place_needs_no_row(store: Store, account: Account) -> None:
         entry = backup(f"job {index}", timestamp=f"2024-06-01T{time}:00Z")
         await store.add_backup(account.id, entry, now=NOW)
     twelve, eleven, half_past_ten = (
-        split_datetime(at(f"2024-06-01T{time}:00Z"))[0] for time in ("12:00", "11:00", "10:30")
+        bmcore.split_instant(at(f"2024-06-01T{time}:00Z"))[0]
+        for time in ("12:00", "11:00", "10:30")
     )
     for place, expected in (
         ((twelve, 3), ["job 1", "job 0", "job 2", "job 3"]),
@@ -1123,7 +972,7 @@ async def _cursors(store: Store, account_id: str) -> dict[tuple[str, int], list[
     """Every cursor each list hands out to an account, walking it with pages of 1 and of 2."""
     cursors: dict[tuple[str, int], list[str]] = {}
     for limit in (1, 2):
-        for kind, fetch in _lists(store, account_id, limit).items():
+        for kind, fetch in lists_of(store, account_id, limit).items():
             pages = await pages_of(fetch)
             cursors[kind, limit] = [page.next_cursor for page in pages if page.next_cursor]
     return cursors
@@ -1159,7 +1008,7 @@ async def test_cursors_reveal_nothing_of_other_accounts(store: Store, account: A
     interleaved = await _cursors(store, busy.id)
     assert interleaved == alone
     # 7 backups, 7 notifications, 14 devices (a backup's sender is not a notification's), 7 jobs
-    assert [len(alone[kind, 1]) for kind in _lists(store, account.id)] == [6, 6, 13, 6]
+    assert [len(alone[kind, 1]) for kind in lists_of(store, account.id)] == [6, 6, 13, 6]
     # The account's own rows at one time: 3 entries, or 2 jobs, or 4 devices (2 writes of 2).
     most = {"backups": 3, "notifications": 3, "devices": 4, "jobs": 2}
     for kind, count in most.items():
@@ -1220,7 +1069,7 @@ async def test_first_format_cursors_are_refused(store: Store, account: Account) 
     again without a cursor"), never misread as a place nor answered with a server error.
     """
     await _write_tied_entries(store, account.id)
-    for kind, fetch in _lists(store, account.id).items():
+    for kind, fetch in lists_of(store, account.id).items():
         first = await fetch(None)
         assert first.next_cursor is not None
         time_us, _ = decode_cursor(kind, first.next_cursor)
@@ -1239,7 +1088,7 @@ def test_cursor_round_trip() -> None:
 @run_async
 async def test_limits_out_of_range_are_refused(store: Store, account: Account, limit: int) -> None:
     """A page size outside 1..1000 is a programming error: ValueError from every list."""
-    for fetch in _lists(store, account.id, limit).values():
+    for fetch in lists_of(store, account.id, limit).values():
         with pytest.raises(ValueError, match="limit"):
             await fetch(None)
 
@@ -1356,7 +1205,7 @@ async def _replay(store: Store, script: list[_Operation]) -> object:
         for owner in accounts:
             # Pages with their cursors: a cursor is made of the account's own data only, so
             # every store hands out the same ones.
-            for fetch in [*_lists(store, owner.id, 3).values(), *_filtered(store, owner.id, 2)]:
+            for fetch in [*lists_of(store, owner.id, 3).values(), *_filtered(store, owner.id, 2)]:
                 pages = await pages_of(fetch)
                 transcript.append([(page.items, page.next_cursor) for page in pages])
     finally:
@@ -1428,7 +1277,7 @@ def test_postgres_answers_like_memory(
     """The same writes give the same answers and listings in MemoryStore and PostgreSQL."""
     from _postgres_tables import empty_schema  # noqa: PLC0415 - psycopg is an optional extra
 
-    from bmserver._postgres import PostgresStore  # noqa: PLC0415
+    from bmserver.storage._postgres import PostgresStore  # noqa: PLC0415
 
     expected = asyncio.run(_replay(MemoryStore(), script))
     try:
@@ -1436,102 +1285,6 @@ def test_postgres_answers_like_memory(
     finally:
         empty_schema(postgres_url, postgres_schema)
     assert actual == expected
-
-
-# --- MemoryStore only -----------------------------------------------------------------------------
-
-
-@run_async
-async def test_memory_reset_keeps_accounts_and_keys() -> None:
-    """reset() forgets entries, devices and jobs, and keeps accounts and keys."""
-    store = MemoryStore()
-    owner = await store.create_account("acme", now=NOW)
-    await store.add_api_key(
-        account_id=owner.id, key_hash="h", prefix="p", scopes=frozenset(), now=NOW
-    )
-    await store.add_backup(owner.id, backup(), now=NOW)
-    await store.add_notification(owner.id, notification(), now=NOW)
-    store.reset()
-    assert await store.count_accounts() == 1
-    assert await store.find_api_key("h") is not None
-    assert await backups_of(store, owner.id) == []
-    assert await notifications_of(store, owner.id) == []
-    for fetch in _lists(store, owner.id).values():
-        assert (await fetch(None)).items == []
-    again = await store.add_backup(owner.id, backup(), now=NOW)
-    assert (again.duplicate, again.device_created, again.job_created) == (False, True, True)
-
-
-@run_async
-async def test_memory_clear_forgets_everything() -> None:
-    """clear() forgets accounts and keys too; the store stays usable."""
-    store = MemoryStore()
-    owner = await store.create_account("acme", now=NOW)
-    await store.add_api_key(
-        account_id=owner.id, key_hash="h", prefix="p", scopes=frozenset(), now=NOW
-    )
-    await store.add_backup(owner.id, backup(), now=NOW)
-    store.clear()
-    assert await store.count_accounts() == 0
-    assert await store.find_api_key("h") is None
-    assert await store.list_api_keys() == []
-    assert await backups_of(store, owner.id) == []
-    with pytest.raises(StoreError, match="unknown account"):
-        await store.add_backup(owner.id, backup(), now=NOW)
-    assert (await store.create_account("acme", now=NOW)).id != owner.id
-
-
-@run_async
-async def test_memory_store_needs_no_open() -> None:
-    """A MemoryStore works before open() and after close(), keeping its data."""
-    store = MemoryStore()
-    owner = await store.create_account("acme", now=NOW)
-    await store.close()
-    await store.add_backup(owner.id, backup(), now=NOW)
-    await store.open()
-    assert len(await backups_of(store, owner.id)) == 1
-
-
-_THREADED_WRITES = 5000
-
-
-def test_memory_store_is_thread_safe() -> None:
-    """Two threads, each with its own loop, writing the same entries: each stored once."""
-    store = MemoryStore()
-    owner = asyncio.run(store.create_account("acme", now=NOW))
-    base = datetime(2024, 1, 1, tzinfo=UTC)
-    entries = [
-        attrs.evolve(backup(f"job {index % 7}", device=f"srv{index % 3}"), timestamp=stamp)
-        for index in range(_THREADED_WRITES)
-        for stamp in [base + timedelta(hours=index)]
-    ]
-    results: list[list[WriteResult]] = [[], []]
-    start = threading.Barrier(2)
-
-    def writer(mine: list[WriteResult]) -> None:
-        async def write_all() -> None:
-            start.wait()
-            mine.extend([await store.add_backup(owner.id, entry, now=NOW) for entry in entries])
-
-        asyncio.run(write_all())
-
-    threads = [threading.Thread(target=writer, args=(mine,)) for mine in results]
-    # Switch threads as often as possible, so that unlocked check-then-insert would interleave.
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
-    first, second = results
-    assert [result.id for result in first] == [result.id for result in second]
-    assert sum(not result.duplicate for result in [*first, *second]) == _THREADED_WRITES
-    assert sum(result.device_created for result in [*first, *second]) == 3
-    assert sum(result.job_created for result in [*first, *second]) == 7 * 3
-    assert len(asyncio.run(backups_of(store, owner.id))) == _THREADED_WRITES
 
 
 @run_async

@@ -1,6 +1,8 @@
 """Time-outs of a request that never finishes: the body's (408) in the app, the head's in uvicorn.
 
-Real servers over real sockets; the time-outs are shortened so that the tests stay quick.
+Real servers over real sockets; the time-outs are shortened so that the tests stay quick. Each
+runs against bmserver and against pytest_bm's fake, which serves with the same protocol guard,
+so that a script tested against the fake meets the same answers in production.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import logging
 import re
 import socket
 from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
 
+import attrs
 import pytest
 from _harness import Client, backup, serve, stop
 from starlette.applications import Starlette
@@ -21,16 +25,17 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from bmserver import Limiter, ManualClock, Settings, Store, create_app
-from bmserver import _protocol as protocol
-from bmserver._problems import PROBLEM_CONTENT_TYPE
-from bmserver._protocol import GuardedH11Protocol
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def backend(request: pytest.FixtureRequest) -> str:
-    """The real bmserver on either store (the fake serves with its own time-outs)."""
-    return str(request.param)
+from bmserver import (
+    PROBLEM_CONTENT_TYPE,
+    GuardedH11Protocol,
+    Limiter,
+    ManualClock,
+    Settings,
+    Store,
+    create_app,
+)
+from bmserver.http import _protocol as protocol
+from pytest_bm import FakeIngest
 
 
 @pytest.fixture
@@ -63,8 +68,18 @@ def test_a_body_that_stops_arriving_gets_408_and_nothing_is_stored(client: Clien
     assert client.post("/api/ingest/backup", backup()).status == 201  # and it still serves
 
 
+@attrs.frozen
+class Guarded:
+    """A server with GuardedH11Protocol, and a POST it answers 200 after reading its body."""
+
+    client: Client
+    #: The request line and headers of that POST, without the body's framing.
+    post_head: bytes
+    post_body: bytes
+
+
 @pytest.fixture
-def guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
+def protocol_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[Guarded]:
     """A tiny app served with GuardedH11Protocol and a head deadline of a fifth of a second."""
     monkeypatch.setattr(protocol, "HEAD_TIMEOUT_S", 0.2)
 
@@ -74,13 +89,42 @@ def guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
     async def count(request: Request) -> PlainTextResponse:
         return PlainTextResponse(str(len(await request.body())))
 
-    routes = [Route("/", hello), Route("/count", count, methods=["POST"])]
+    routes = [Route("/healthz", hello), Route("/count", count, methods=["POST"])]
     app = Starlette(routes=[*routes, Route("/start-then-read", _StartThenRead())])
     server, thread, port = serve(app, http=GuardedH11Protocol)
     try:
-        yield Client("127.0.0.1", port, "")
+        yield Guarded(
+            Client("127.0.0.1", port, ""), b"POST /count HTTP/1.1\r\nHost: x\r\n", b"hello"
+        )
     finally:
         stop(server, thread)
+
+
+@pytest.fixture
+def fake_guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[Guarded]:
+    """pytest_bm's fake, with the same head deadline; its POST repeats a stored backup (200)."""
+    monkeypatch.setattr(protocol, "HEAD_TIMEOUT_S", 0.2)
+    with FakeIngest.running() as fake:
+        client = _client_of(fake)
+        assert client.post("/api/ingest/backup", backup()).status == 201
+        head = (
+            "POST /api/ingest/backup HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"X-Api-Key: {fake.api_key}\r\n"
+        ).encode()
+        yield Guarded(client, head, json.dumps(backup()).encode())
+
+
+@pytest.fixture(params=["protocol_only", "fake_guarded"], ids=["protocol", "fake"])
+def guarded(request: pytest.FixtureRequest) -> Guarded:
+    """The protocol guard around a tiny app, or around the fake's app."""
+    guarded: Guarded = request.getfixturevalue(request.param)
+    return guarded
+
+
+def _client_of(fake: FakeIngest) -> Client:
+    port = urlsplit(fake.url).port
+    assert port is not None
+    return Client("127.0.0.1", port, fake.api_key)
 
 
 class _StartThenRead:
@@ -97,31 +141,34 @@ class _StartThenRead:
 
 @pytest.mark.parametrize(
     "sent",
-    [b"", b"GET / HTTP/1.1\r\nHo", b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HT"],
+    [b"", b"GET /healthz HTTP/1.1\r\nHo", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET / HT"],
     ids=["silent", "head cut off", "second head cut off"],
 )
-def test_a_connection_without_a_whole_head_is_closed(guarded: Client, sent: bytes) -> None:
+def test_a_connection_without_a_whole_head_is_closed(guarded: Guarded, sent: bytes) -> None:
     """Silent, or stuck in a request head (also the next one on a kept-alive connection)."""
-    answer = _raw(guarded, sent)
+    answer = _raw(guarded.client, sent)
     responses = answer.count(b"HTTP/1.1 200 OK")
     assert responses == sent.count(b"\r\n\r\n")  # only whole requests were answered
 
 
 #: Heads whose body the app answers without reading (it never comes): a GET's, a 404's, a 405's.
 _UNREAD_BODIES = {
-    "GET with a body": b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n",
+    "GET with a body": b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n",
     "404 with a body": b"GET /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n",
-    "405 with a body": b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n",
-    "chunked, cut off": b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nab",
+    "405 with a body": b"PUT /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n",
+    "chunked, cut off": (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nab"
+    ),
 }
 
 
 @pytest.mark.parametrize("head", list(_UNREAD_BODIES.values()), ids=list(_UNREAD_BODIES))
 def test_an_answer_given_before_the_body_closes_the_connection(
-    guarded: Client, head: bytes
+    guarded: Guarded, head: bytes
 ) -> None:
     """A body left unread cannot hold the connection: the answer says close, and it closes."""
-    with socket.create_connection((guarded.host, guarded.port), timeout=10) as sock:
+    client = guarded.client
+    with socket.create_connection((client.host, client.port), timeout=10) as sock:
         sock.sendall(head)
         response = http.client.HTTPResponse(sock)
         response.begin()
@@ -133,18 +180,18 @@ def test_an_answer_given_before_the_body_closes_the_connection(
     assert response.getheader("connection") == "close"
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        b"Content-Length: 5\r\n\r\nhello",
-        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    ],
-    ids=["content-length", "chunked"],
-)
-def test_a_body_that_was_read_keeps_the_connection_alive(guarded: Client, body: bytes) -> None:
+def _framed(body: bytes, framing: str) -> bytes:
+    """The end of a request head and ``body``, framed by a Content-Length or in one chunk."""
+    if framing == "chunked":
+        return b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_that_was_read_keeps_the_connection_alive(guarded: Guarded, framing: str) -> None:
     """Requests whose body the app read are answered one after the other on one connection."""
-    request = b"POST /count HTTP/1.1\r\nHost: x\r\n" + body
-    answer = _raw(guarded, request + request + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    request = guarded.post_head + _framed(guarded.post_body, framing)
+    answer = _raw(guarded.client, request + request + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer.count(b"HTTP/1.1 200 OK") == 3
     assert b"connection: close" not in answer.lower()
 
@@ -165,9 +212,15 @@ _MALFORMED_CHUNK = b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
 
 @pytest.fixture
 def bmserver_guarded(
-    settings: Settings, store: Store, limiter: Limiter, clock: ManualClock
+    request: pytest.FixtureRequest, backend: str, settings: Settings, clock: ManualClock
 ) -> Iterator[tuple[Client, Callable[[], None]]]:
-    """The bmserver app served with GuardedH11Protocol, and a call that stops it (idempotent)."""
+    """The bmserver app (or the fake) served with GuardedH11Protocol, and an idempotent stop."""
+    if backend == "fake":
+        with FakeIngest.running(settings=settings) as fake:
+            yield _client_of(fake), fake.stop
+        return
+    store: Store = request.getfixturevalue("store")
+    limiter: Limiter = request.getfixturevalue("limiter")
     app = create_app(settings, store=store, limiter=limiter, clock=clock)
     server, thread, port = serve(app, http=GuardedH11Protocol)
     try:
@@ -211,10 +264,11 @@ def test_a_malformed_chunk_is_answered_and_logged_once_as_400(
 
 
 def test_a_malformed_chunk_once_the_answer_has_started_only_closes(
-    guarded: Client, caplog: pytest.LogCaptureFixture
+    protocol_only: Guarded, caplog: pytest.LogCaptureFixture
 ) -> None:
     """No second answer fits once one has started: the connection closes, without a traceback."""
-    with socket.create_connection((guarded.host, guarded.port), timeout=10) as sock:
+    client = protocol_only.client  # bmserver's app never starts an answer before the body
+    with socket.create_connection((client.host, client.port), timeout=10) as sock:
         sock.sendall(
             b"POST /start-then-read HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         )

@@ -1,28 +1,32 @@
 """Rows of the SQL stores read into records, one reading for SQLite and PostgreSQL alike.
 
-Both stores select the same columns in the same order; they differ only in how an instant is
-kept (SQLite: integer UTC microseconds; PostgreSQL: timestamptz), each beside the UTC offset in
-minutes it was sent with. A :class:`RowReader` is told how to turn one back into the aware
-datetime that was sent, and into the UTC microseconds a cursor's sort key holds.
+Both stores select the same columns in the same order (the statements of
+:mod:`bmserver.storage._sql`); they differ only in how an instant is kept (SQLite: integer UTC
+microseconds; PostgreSQL: timestamptz), each beside the UTC offset in minutes it was sent with,
+and in how a key's scopes are (SQLite: the values separated by spaces; PostgreSQL: a text
+array). A :class:`RowReader` is told how to turn an instant back into the aware datetime that
+was sent and into the UTC microseconds a cursor's sort key holds, and how to read scopes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import attrs
 
 import bmcore
-from bmserver._store import (
+from bmserver.storage._contract import (
     Account,
+    ApiKeyRecord,
     DeviceRecord,
     JobRecord,
+    Scope,
     StoredBackup,
     StoredNotification,
-    WriteResult,
 )
+from bmserver.storage._entries import Original
 
 __all__ = ["RowReader", "SortKey"]
 
@@ -40,23 +44,37 @@ class RowReader(Generic[InstantT]):
     shown: Callable[[InstantT, int], datetime]
     #: A stored instant -> UTC microseconds.
     micros: Callable[[InstantT], int]
+    #: The stored scopes of a key -> the scope values.
+    scope_values: Callable[[Any], Iterable[str]]
 
     def account(self, row: _Row) -> Account:
         """(id, name, created, created_offset)."""
         account_id, name, created, created_offset = row
         return Account(id=account_id, name=name, created_at=self.shown(created, created_offset))
 
-    def duplicate(self, row: _Row) -> WriteResult:
-        """An idempotent repeat: the original's ids and receipt time, nothing created."""
-        entry_id, _, received, received_offset, device_id, job_id = row
-        return WriteResult(
+    def api_key(self, row: _Row) -> ApiKeyRecord:
+        """(id, account_id, key_hash, prefix, scopes, created, offset, revoked, offset)."""
+        key_id, account_id, key_hash, prefix, scopes, created, created_offset = row[:7]
+        revoked, revoked_offset = row[7:9]
+        return ApiKeyRecord(
+            id=key_id,
+            account_id=account_id,
+            key_hash=key_hash,
+            prefix=prefix,
+            scopes=frozenset(Scope(value) for value in self.scope_values(scopes)),
+            created_at=self.shown(created, created_offset),
+            revoked_at=None if revoked is None else self.shown(revoked, revoked_offset),
+        )
+
+    def original(self, row: _Row) -> Original:
+        """The entry stored under an identity: (id, content_hash, received, offset, device, job)."""
+        entry_id, content_hash, received, received_offset, device_id, job_id = row
+        return Original(
             id=entry_id,
+            fingerprint=content_hash,
             received_at=self.shown(received, received_offset),
             device_id=device_id,
-            device_created=False,
             job_id=job_id,
-            job_created=False,
-            duplicate=True,
         )
 
     def device(self, row: _Row) -> tuple[DeviceRecord, SortKey]:

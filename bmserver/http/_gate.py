@@ -14,10 +14,10 @@ from typing import Final, Literal
 import attrs
 
 import bmcore
-from bmserver._limiter import Limiter, LimiterUnavailableError
-from bmserver._problems import ProblemError
+from bmserver.http._problems import Problem, ProblemError
+from bmserver.limits._contract import Limiter, LimiterUnavailableError
 
-__all__ = ["LimiterGate", "rate_limit_headers"]
+__all__ = ["LimiterGate", "rate_limit_headers", "rate_limit_problem"]
 
 log = logging.getLogger("bmserver")
 
@@ -32,6 +32,30 @@ def rate_limit_headers(policy: bmcore.RatePolicy, decision: bmcore.Decision) -> 
         "RateLimit-Policy": f'"default";q={policy.burst};w={policy.window_s}',
         "RateLimit": f'"default";r={decision.remaining};t={decision.reset_s}',
     }
+
+
+def rate_limit_problem(
+    policy: bmcore.RatePolicy, decision: bmcore.Decision, *, what: str = "requests"
+) -> ProblemError:
+    """The 429 of a denied ``decision``: Retry-After and the RateLimit headers.
+
+    pytest_bm's ``throttle_next`` answers with it too, so that a planned 429 is the real one.
+
+    >>> policy = bmcore.RatePolicy.per_second(1, burst=2)
+    >>> denied = bmcore.Decision(allowed=False, remaining=0, retry_after_s=3, reset_s=2)
+    >>> error = rate_limit_problem(policy, denied)
+    >>> error.status, error.headers["Retry-After"], error.detail
+    (429, '3', 'this key sent more than its quota of 2 requests; retry after 3 s')
+    """
+    return ProblemError(
+        Problem.RATE_LIMITED,
+        f"this key sent more than its quota of {policy.burst} {what}; "
+        f"retry after {decision.retry_after_s} s",
+        headers={
+            **rate_limit_headers(policy, decision),
+            "Retry-After": str(decision.retry_after_s),
+        },
+    )
 
 
 @attrs.define
@@ -56,8 +80,7 @@ class LimiterGate:
             if self.on_error == "open":
                 return None
             raise ProblemError(
-                503,
-                "rate_limiter_unavailable",
+                Problem.RATE_LIMITER_UNAVAILABLE,
                 "the rate limiter cannot be reached, so no request is admitted; retry later",
                 headers={"Retry-After": str(_UNAVAILABLE_RETRY_AFTER_S)},
             ) from None
@@ -74,16 +97,9 @@ class LimiterGate:
         decision = await self.decide(limiter, key, now_ns)
         if decision is None:  # unreachable, and the setting is to fail open
             return {}
-        headers = rate_limit_headers(limiter.policy, decision)
         if not decision.allowed:
-            raise ProblemError(
-                429,
-                "rate_limited",
-                f"this key sent more than its quota of {limiter.policy.burst} {what}; "
-                f"retry after {decision.retry_after_s} s",
-                headers={**headers, "Retry-After": str(decision.retry_after_s)},
-            )
-        return headers
+            raise rate_limit_problem(limiter.policy, decision, what=what)
+        return rate_limit_headers(limiter.policy, decision)
 
     def _warn(self, error: LimiterUnavailableError, now_ns: int) -> None:
         last = self._last_warning_ns

@@ -13,10 +13,10 @@ test_redis_limiter.py`` checks with hypothesis that its decisions equal :func:`b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from bmcore import Decision, RatePolicy
-from bmserver._limiter import LimiterUnavailableError
+from bmserver.limits._contract import LimiterUnavailableError
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -131,7 +131,7 @@ def connect_redis(url: str, *, timeout_s: float = REDIS_TIMEOUT_S) -> redis.asyn
     """
     import redis.asyncio  # noqa: PLC0415 - only a server started with --redis needs the driver
     from redis.backoff import NoBackoff  # noqa: PLC0415
-    from redis.retry import Retry  # noqa: PLC0415
+    from redis.asyncio.retry import Retry  # noqa: PLC0415
 
     # redis-py types from_url's options as **kwargs: Any.
     return redis.asyncio.Redis.from_url(  # pyright: ignore[reportUnknownMemberType]
@@ -233,11 +233,22 @@ class RedisLimiter:
         policy = self._policy
         self._check_cost(cost)
         try:
-            reply = await self._script(
+            # redis-py leaves Script.__call__ unannotated; name the reply's type here.
+            reply: object = await self._script(
                 keys=[f"{self._namespace}:{key}"],
                 args=[policy.interval_ns, policy.burst, cost, *at],
             )
         except Exception as error:  # connection refused, timeout, READONLY, OOM...
             raise LimiterUnavailableError(f"Redis: {error}") from error
-        allowed, remaining, retry_after_s, reset_s = (int(value) for value in reply)
+        allowed, remaining, retry_after_s, reset_s = _four_integers(reply)
         return Decision(bool(allowed), remaining, retry_after_s, reset_s)
+
+
+def _four_integers(reply: object) -> tuple[int, int, int, int]:
+    """The GCRA script's reply, or LimiterUnavailableError if the server sent anything else."""
+    if isinstance(reply, list | tuple):
+        values = cast("list[object] | tuple[object, ...]", reply)
+        if len(values) == 4 and all(isinstance(value, int) for value in values):
+            first, second, third, fourth = cast("tuple[int, int, int, int]", tuple(values))
+            return first, second, third, fourth
+    raise LimiterUnavailableError(f"Redis: the rate-limit script replied {reply!r}")

@@ -1,9 +1,9 @@
 """The versioned schema of the PostgreSQL store, and the code that brings a database up to date.
 
-The same mechanism as the SQLite store's (:mod:`bmserver._migrations`): an ordered list of
-:class:`~bmserver._migrations.Migration`, each applied in its own transaction together with the
-record of its version, so that a migration is applied completely or not at all. Version ``N``
-means the same schema in both stores, in each one's own SQL.
+The same mechanism as the SQLite store's (:mod:`bmserver.storage._sqlite_migrations`): a list
+of :class:`~bmserver.storage._migrations.Migration`, each applied in its own transaction together
+with the record of its version, so that a migration is applied completely or not at all. Version
+``N`` means the same schema in both stores, in each one's own SQL.
 
 PostgreSQL has no ``user_version``: the versions applied are rows of ``bm_schema_migrations``
 (prefixed, because a database shared with other software may already hold a
@@ -26,14 +26,14 @@ from typing import Any, Final
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from bmserver._migrations import (
+from bmserver.storage._contract import StoreError
+from bmserver.storage._migrations import (
     REKEY_READS,
     Backfill,
     Migration,
     check_versions,
     rekey_devices_and_jobs,
 )
-from bmserver._store import StoreError
 
 __all__ = ["LOCK_CLASS", "MIGRATIONS", "VERSION_TABLE", "apply_migrations", "schema_version"]
 

@@ -26,11 +26,11 @@ from starlette.responses import Response
 
 import bmcore
 from bmserver._clock import Clock
-from bmserver._gate import LimiterGate
-from bmserver._limiter import Limiter
-from bmserver._problems import AsciiJSONResponse, ProblemError, shown
 from bmserver._settings import Settings
-from bmserver._store import (
+from bmserver.http._gate import LimiterGate
+from bmserver.http._problems import AsciiJSONResponse, Problem, ProblemError, shown
+from bmserver.limits._contract import Limiter
+from bmserver.storage._contract import (
     ApiKeyRecord,
     BackupQuery,
     DeviceRecord,
@@ -135,25 +135,28 @@ class ReadSide:
 
     async def backup(self, request: Request) -> Response:
         """GET /api/backups/{id}: the entry a 201's Location names."""
-        key, headers = await self._admit(request)
-        entry_id = str(request.path_params["entry_id"])
-        found = None
-        if _could_be_an_id(entry_id):
-            found = await self.store.get_backup(key.account_id, entry_id)
-        if found is None:
-            raise _no_entry("backup", entry_id, headers)
-        return AsciiJSONResponse(_backup_json(found), headers=headers)
+        return await self._entry(request, "backup", self.store.get_backup, _backup_json)
 
     async def notification(self, request: Request) -> Response:
         """GET /api/notifications/{id}."""
+        return await self._entry(
+            request, "notification", self.store.get_notification, _notification_json
+        )
+
+    async def _entry(
+        self,
+        request: Request,
+        kind: str,
+        get: Callable[[str, str], Awaitable[T | None]],
+        to_json: Callable[[T], dict[str, object]],
+    ) -> Response:
+        """One entry of the key's account by the id in the path, or a 404 problem."""
         key, headers = await self._admit(request)
         entry_id = str(request.path_params["entry_id"])
-        found = None
-        if _could_be_an_id(entry_id):
-            found = await self.store.get_notification(key.account_id, entry_id)
+        found = await get(key.account_id, entry_id) if _could_be_an_id(entry_id) else None
         if found is None:
-            raise _no_entry("notification", entry_id, headers)
-        return AsciiJSONResponse(_notification_json(found), headers=headers)
+            raise _no_entry(kind, entry_id, headers)
+        return AsciiJSONResponse(to_json(found), headers=headers)
 
     async def notifications(self, request: Request) -> Response:
         """GET /api/notifications, newest first, with filters."""
@@ -287,8 +290,7 @@ def _could_be_an_id(entry_id: str) -> bool:
 def _no_entry(kind: str, entry_id: str, headers: dict[str, str]) -> ProblemError:
     # Another account's entry is "not found" too: its existence is not revealed.
     return ProblemError(
-        404,
-        "not_found",
+        Problem.NOT_FOUND,
         f"this account has no {kind} with id {shown(entry_id)!r}",
         headers=headers,
     )
@@ -299,8 +301,7 @@ async def _paged(listing: Awaitable[Page[T]]) -> Page[T]:
         return await listing
     except InvalidCursorError:
         raise ProblemError(
-            400,
-            "invalid_query",
+            Problem.INVALID_QUERY,
             "the cursor is not one this server handed out; start again without a cursor",
             errors=(bmcore.FieldError(field="cursor", code="invalid_cursor", message="unknown"),),
         ) from None
@@ -426,7 +427,7 @@ class _Params:
         if count > _MAX_LISTED_ERRORS:
             detail += f" (the first {_MAX_LISTED_ERRORS} are listed)"
         raise ProblemError(
-            400, "invalid_query", detail, errors=tuple(self.errors[:_MAX_LISTED_ERRORS])
+            Problem.INVALID_QUERY, detail, errors=tuple(self.errors[:_MAX_LISTED_ERRORS])
         )
 
 

@@ -27,11 +27,11 @@ from starlette.requests import Request
 
 import bmcore
 from bmserver._clock import Clock
-from bmserver._gate import LimiterGate
-from bmserver._limiter import Limiter
-from bmserver._problems import ProblemError
 from bmserver._settings import Settings
-from bmserver._store import ApiKeyRecord, Scope, Store
+from bmserver.http._gate import LimiterGate
+from bmserver.http._problems import Problem, ProblemError
+from bmserver.limits._contract import Limiter
+from bmserver.storage._contract import ApiKeyRecord, Scope, Store
 
 __all__ = ["WWW_AUTHENTICATE", "Authenticator", "KnownClients"]
 
@@ -132,7 +132,7 @@ class Authenticator:
             detail = "send your API key in the X-Api-Key header"
             if "api_key" in request.query_params or "apiKey" in request.query_params:
                 detail += "; keys in the URL end up in logs and are not accepted"
-            raise ProblemError(401, "missing_api_key", detail, headers=_CHALLENGE)
+            raise ProblemError(Problem.MISSING_API_KEY, detail, headers=_CHALLENGE)
         key_hash = bmcore.hash_api_key(supplied, secret=self.settings.key_secret)
         known = self.known.knows(address, key_hash, now_ns)
         # Charged before the lookup: an address that failed too often is refused before its
@@ -156,8 +156,7 @@ class Authenticator:
         request.state.key_prefix = record.prefix
         if scope not in record.scopes:
             raise ProblemError(
-                403,
-                "insufficient_scope",
+                Problem.INSUFFICIENT_SCOPE,
                 f"this key ({record.prefix}...) lacks the {scope.value!r} scope; create a key "
                 f"with it: bmserver keys create --scope {scope.value}",
             )
@@ -186,12 +185,11 @@ class Authenticator:
         try:
             bmcore.check_api_key_format(supplied)
         except bmcore.ApiKeyFormatError as error:
-            raise ProblemError(401, "invalid_api_key", str(error), headers=_CHALLENGE) from None
+            raise ProblemError(Problem.INVALID_API_KEY, str(error), headers=_CHALLENGE) from None
         record = await self.store.find_api_key(key_hash)
         if record is None:
             raise ProblemError(
-                401,
-                "invalid_api_key",
+                Problem.INVALID_API_KEY,
                 "this API key is unknown or was revoked; check the key",
                 headers=_CHALLENGE,
             )
@@ -209,8 +207,7 @@ class Authenticator:
 def _too_many_failures(retry_after_s: int) -> ProblemError:
     wait = max(1, retry_after_s)
     return ProblemError(
-        429,
-        "rate_limited",
+        Problem.RATE_LIMITED,
         f"too many failed authentications from this address; retry after {wait} s",
         headers={"Retry-After": str(wait)},
     )

@@ -12,7 +12,8 @@ a body) leaves a connection that neither deadline watches: the rest of the body 
 open for as long as the client likes. Such an answer says ``Connection: close``, and the
 connection is closed once it is sent.
 
-It relies on uvicorn's H11Protocol hooks (connection_made, data_received,
+``bmserver serve`` and pytest_bm's fake both serve with it, so that a client meets the same
+answers from either. It relies on uvicorn's H11Protocol hooks (connection_made, data_received,
 on_response_complete, connection_lost, send_400_response) and on its RequestResponseCycle's
 ``disconnected`` and ``message_event``; tests/reliability/test_slow_clients.py checks it
 against the uvicorn that is installed.
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING, Final, cast
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from bmserver._problems import PROBLEM_CONTENT_TYPE, problem_title, problem_type
+from bmserver.http._middleware import ANSWERED_BY_PROTOCOL
+from bmserver.http._problems import PROBLEM_CONTENT_TYPE, Problem, problem_document
 
 if TYPE_CHECKING:
     from uvicorn._types import (
@@ -39,17 +41,14 @@ if TYPE_CHECKING:
     )
     from uvicorn.protocols.http.h11_impl import RequestResponseCycle
 
-__all__ = ["ANSWERED_BY_PROTOCOL", "HEAD_TIMEOUT_S", "GuardedH11Protocol"]
+__all__ = ["HEAD_TIMEOUT_S", "GuardedH11Protocol"]
 
 #: Seconds a client has to send a whole request head.
 HEAD_TIMEOUT_S: Final = 5.0
 
-#: Key of a request's ``scope["state"]`` holding the status this protocol answered the request
-#: with itself (400, its body was not valid HTTP). The app's own answer is then never sent: an
-#: access log should report this status instead.
-ANSWERED_BY_PROTOCOL: Final = "bmserver.answered_by_protocol"
-
 _CLOSE: Final = (b"connection", b"close")
+_MALFORMED: Final = Problem.MALFORMED_HTTP
+_MALFORMED_STATUS: Final = _MALFORMED.answered_with()
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -104,7 +103,7 @@ class GuardedH11Protocol(H11Protocol):
             cycle.disconnected = True
             cycle.message_event.set()
             if not cycle.response_started:
-                cycle.scope.setdefault("state", {})[ANSWERED_BY_PROTOCOL] = 400
+                cycle.scope.setdefault("state", {})[ANSWERED_BY_PROTOCOL] = _MALFORMED_STATUS
         # Once the app has started its answer (our state is past SEND_RESPONSE), h11 has no
         # place for another one: the connection is only closed.
         if self.conn.our_state in {h11.IDLE, h11.SEND_RESPONSE}:
@@ -112,22 +111,17 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
     def _write_malformed_http_problem(self, msg: str) -> None:
-        body = json.dumps(
-            {
-                "type": problem_type("malformed_http"),
-                "title": problem_title("malformed_http"),
-                "status": 400,
-                "detail": f"the request is not valid HTTP/1.1 ({msg}); check the client",
-                "code": "malformed_http",
-            }
-        ).encode("ascii")
+        document = problem_document(
+            _MALFORMED, f"the request is not valid HTTP/1.1 ({msg}); check the client"
+        )
+        body = json.dumps(document).encode("ascii")
         headers = [
             (b"content-type", PROBLEM_CONTENT_TYPE.encode("ascii")),
             (b"content-length", str(len(body)).encode("ascii")),
             _CLOSE,
         ]
         for event in (
-            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Response(status_code=_MALFORMED_STATUS, headers=headers, reason=b"Bad Request"),
             h11.Data(data=body),
             h11.EndOfMessage(),
         ):
