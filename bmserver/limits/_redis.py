@@ -130,8 +130,8 @@ def connect_redis(url: str, *, timeout_s: float = REDIS_TIMEOUT_S) -> redis.asyn
     request that long while Redis is down; the app's on_limiter_error setting decides instead.
     """
     import redis.asyncio  # noqa: PLC0415 - only a server started with --redis needs the driver
-    from redis.backoff import NoBackoff  # noqa: PLC0415
     from redis.asyncio.retry import Retry  # noqa: PLC0415
+    from redis.backoff import NoBackoff  # noqa: PLC0415
 
     # redis-py types from_url's options as **kwargs: Any.
     return redis.asyncio.Redis.from_url(  # pyright: ignore[reportUnknownMemberType]
