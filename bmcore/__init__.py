@@ -2,8 +2,8 @@
 
 Payload models and validation, ISO 8601 timestamps with a mandatory UTC offset, the
 device/job matching key, the ingest rules (an entry's identity and fingerprint, and whether it
-is new, a repeat or a conflict), token-bucket rate limiting and API-key handling. No I/O, no
-clock reads, no globals: time and randomness come in as arguments.
+is new, a repeat or a conflict), job schedules and health, token-bucket rate limiting and
+API-key handling. No I/O, no clock reads, no globals: time and randomness come in as arguments.
 
 >>> from datetime import datetime, timezone
 >>> import bmcore
@@ -28,6 +28,15 @@ from bmcore._decoding import decode_backup, decode_notification, encode_backup, 
 from bmcore._errors import ApiKeyFormatError, BmError, FieldError, PayloadError, TimestampError
 from bmcore._fields import MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH, MAX_STATUS_LENGTH, MAX_TYPE_LENGTH
 from bmcore._filters import FILTERABLE_FIELDS, check_filter
+from bmcore._health import (
+    JobHealth,
+    JobState,
+    Pause,
+    ReportSummary,
+    assess,
+    suggest_schedule,
+    summarize,
+)
 from bmcore._matching import DeviceKey, JobKey, canonical_name
 from bmcore._models import (
     DEFAULT_SENDER,
@@ -48,6 +57,12 @@ from bmcore._rules import (
     join_instant,
     notification_facts,
     split_instant,
+)
+from bmcore._schedules import (
+    Schedule,
+    format_duration,
+    parse_duration,
+    parse_schedule,
 )
 from bmcore._timestamps import (
     CLOCK_SKEW_TOLERANCE,
@@ -76,17 +91,23 @@ __all__ = [
     "Decoded",
     "DeviceKey",
     "FieldError",
+    "JobHealth",
     "JobKey",
+    "JobState",
     "KeyedLimiter",
     "Notification",
     "NotificationFacts",
     "Outcome",
+    "Pause",
     "PayloadError",
     "PayloadWarning",
     "RatePolicy",
+    "ReportSummary",
+    "Schedule",
     "Severity",
     "TimestampError",
     "Verdict",
+    "assess",
     "backup_facts",
     "canonical_name",
     "check_api_key_format",
@@ -98,14 +119,19 @@ __all__ = [
     "display_prefix",
     "encode_backup",
     "encode_notification",
+    "format_duration",
     "format_timestamp",
     "generate_api_key",
     "hash_api_key",
     "join_instant",
     "notification_facts",
+    "parse_duration",
     "parse_rate",
+    "parse_schedule",
     "parse_timestamp",
     "refund",
     "split_instant",
+    "suggest_schedule",
+    "summarize",
     "verify_api_key",
 ]
