@@ -29,6 +29,7 @@ from bmcore._errors import ApiKeyFormatError, BmError, FieldError, PayloadError,
 from bmcore._fields import MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH, MAX_STATUS_LENGTH, MAX_TYPE_LENGTH
 from bmcore._filters import FILTERABLE_FIELDS, check_filter
 from bmcore._health import (
+    RECENT_REPORTS,
     JobHealth,
     JobState,
     Pause,
@@ -83,6 +84,7 @@ __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_STATUS_LENGTH",
     "MAX_TYPE_LENGTH",
+    "RECENT_REPORTS",
     "ApiKeyFormatError",
     "BackupEntry",
     "BackupFacts",

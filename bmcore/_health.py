@@ -60,6 +60,9 @@ class JobState(enum.Enum):
         return _RANK[self]
 
 
+#: How many report times a summary keeps for :func:`suggest_schedule`: ten give nine gaps.
+RECENT_REPORTS: Final = 10
+
 _RANK: Final = {
     JobState.PAUSED: 0,
     JobState.NEW: 1,
@@ -87,6 +90,9 @@ class ReportSummary:
     consecutive_failures: int = 0
     #: The earliest of those Error reports: since when the job is failing.
     failing_since: datetime | None = None
+    #: The newest report times, at most :data:`RECENT_REPORTS`, oldest first: what
+    #: :func:`suggest_schedule` needs, kept so that a suggestion costs no history scan.
+    recent: tuple[datetime, ...] = ()
 
     def add(self, at: datetime, outcome: Outcome) -> ReportSummary | None:
         """The summary with one more report, or ``None`` if only a recount of the job can tell.
@@ -116,7 +122,14 @@ class ReportSummary:
             last_success_at=last_success_at,
             consecutive_failures=failures,
             failing_since=failing_since,
+            recent=_recent_with(self.recent, at),
         )
+
+
+def _recent_with(recent: tuple[datetime, ...], at: datetime) -> tuple[datetime, ...]:
+    if at in recent:
+        return recent
+    return tuple(sorted((*recent, at)))[-RECENT_REPORTS:]
 
 
 def summarize(reports: Iterable[tuple[datetime, Outcome]]) -> ReportSummary:

@@ -39,6 +39,7 @@ from cronsim import CronSim, CronSimError
 from bmcore._errors import FieldError, PayloadError
 
 __all__ = [
+    "MAX_CRON_LENGTH",
     "MAX_DURATION",
     "MIN_EVERY",
     "Schedule",
@@ -50,6 +51,8 @@ __all__ = [
 #: The shortest interval: reports carry whole seconds, and a job checked more often than
 #: once a minute is a heartbeat, not a backup.
 MIN_EVERY: Final = timedelta(minutes=1)
+#: The longest cron expression: every crontab line a person writes fits, a flood does not.
+MAX_CRON_LENGTH: Final = 200
 #: The longest interval or grace: a year and a day covers yearly jobs.
 MAX_DURATION: Final = timedelta(days=366)
 #: A report at most this long before a cron firing counts for it (capped by grace, see
@@ -257,6 +260,15 @@ def _duration_errors(field: str, duration: timedelta, *, minimum: timedelta) -> 
 
 
 def _cron_errors(expression: str) -> list[FieldError]:
+    if len(expression) > MAX_CRON_LENGTH:
+        return [
+            FieldError(
+                field="/cron",
+                code="too_long",
+                message=f"a cron expression is at most {MAX_CRON_LENGTH} characters; "
+                "use ranges and steps (1-5, */10) rather than long lists",
+            )
+        ]
     fields = expression.split()
     if len(fields) != len(_CRON_FIELDS):
         return [

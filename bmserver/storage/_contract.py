@@ -24,13 +24,13 @@ Error hierarchy::
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
 import attrs
 
-from bmcore import BackupEntry, Notification
+from bmcore import BackupEntry, Notification, Pause, ReportSummary, Schedule
 
 __all__ = [
     "Account",
@@ -57,6 +57,8 @@ class Scope(enum.Enum):
 
     INGEST = "ingest"
     READ = "read"
+    #: Change jobs' schedules and pauses (PUT /api/jobs/{id}/schedule, ...).
+    MANAGE = "manage"
 
 
 class StoreError(Exception):
@@ -149,6 +151,15 @@ class JobRecord:
     latest_timestamp: datetime | None
     latest_status: str | None
     latest_outcome: str | None
+    #: What health needs of the job's backups (latest, last success, failures since, recent
+    #: times), kept up to date as backups are written, backfills included: assessing a job
+    #: reads no history.
+    summary: ReportSummary = attrs.field(factory=ReportSummary)
+    schedule: Schedule | None = None
+    #: When the schedule was last set: a job with no report is ``new`` from then on.
+    scheduled_at: datetime | None = None
+    #: The job's current or last pause; :meth:`bmcore.Pause.covers` says if it holds now.
+    pause: Pause | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -259,6 +270,13 @@ class Store(Protocol):
         """Revoke the unrevoked key with this display prefix; UnknownKeyError if none."""
         ...
 
+    def observe_batches(self, observer: Callable[[int], None]) -> None:
+        """Call ``observer`` with the size of each write batch the store commits (for metrics).
+
+        A store that does not batch its writes (the memory store) never calls it.
+        """
+        ...
+
     async def count_accounts(self) -> int:
         """How many accounts exist (0 on a new database)."""
         ...
@@ -300,6 +318,27 @@ class Store(Protocol):
 
         ``device_name`` keeps the jobs of devices with that name in canonical form.
         """
+        ...
+
+    async def get_job(self, account_id: str, job_id: str) -> JobRecord | None:
+        """One job of the account by id, with its summary, schedule and pause; or None."""
+        ...
+
+    # --- job settings ---------------------------------------------------------------------
+
+    async def set_schedule(
+        self, account_id: str, job_id: str, schedule: Schedule | None, *, now: datetime
+    ) -> JobRecord | None:
+        """Set a job's schedule (``None`` clears it), set ``scheduled_at`` to ``now``.
+
+        Returns the job as now stored, or None when the account has no such job.
+        """
+        ...
+
+    async def set_pause(
+        self, account_id: str, job_id: str, pause: Pause | None
+    ) -> JobRecord | None:
+        """Store a job's pause (``None`` clears it); the job as now stored, or None."""
         ...
 
     async def list_backups(

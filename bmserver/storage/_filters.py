@@ -2,19 +2,22 @@
 
 The HTTP layer has checked the values already (bmcore.check_filter); these classes turn them
 into what a store compares, once, so that the memory store and the SQL stores cannot disagree
-on which rows a filter keeps.
+on which rows a filter keeps. :func:`backup_filter` and :func:`notification_filter` are a
+query's filters but for its time window in Python, as the memory store applies them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Self
 
 import attrs
 
 import bmcore
+from bmserver.storage._contract import BackupQuery, NotificationQuery
 
-__all__ = ["NameFilter", "TimeWindow"]
+__all__ = ["NameFilter", "TimeWindow", "backup_filter", "notification_filter"]
 
 
 @attrs.frozen
@@ -76,3 +79,35 @@ class TimeWindow:
         return (self.since_us is None or utc_us >= self.since_us) and (
             self.until_us is None or utc_us < self.until_us
         )
+
+
+def backup_filter(query: BackupQuery) -> Callable[[bmcore.BackupEntry], bool]:
+    """Whether a backup passes the query's filters of names, outcome and status."""
+    names = NameFilter.of(
+        sender=query.sender, device_name=query.device_name, job_name=query.job_name
+    )
+
+    def matches(entry: bmcore.BackupEntry) -> bool:
+        return (
+            (query.outcome is None or entry.outcome.value == query.outcome)
+            and (query.status is None or entry.status == query.status)
+            and names.matches(entry.sender, entry.device_name, entry.job_name)
+        )
+
+    return matches
+
+
+def notification_filter(query: NotificationQuery) -> Callable[[bmcore.Notification], bool]:
+    """Whether a notification passes the query's filters of names, severity and type."""
+    names = NameFilter.of(
+        sender=query.sender, device_name=query.device_name, job_name=query.job_name
+    )
+
+    def matches(notification: bmcore.Notification) -> bool:
+        return (
+            (query.severity is None or notification.severity.value == query.severity)
+            and (query.type is None or notification.type == query.type)
+            and names.matches(notification.sender, notification.device_name, notification.job_name)
+        )
+
+    return matches

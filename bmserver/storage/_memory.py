@@ -5,16 +5,17 @@
 and ``PostgresStore``, and hypothesis tests check that the same writes give the same answers and
 the same listings in each. Like the SQL stores, it asks bmcore's ingest rules what an entry is
 (:mod:`bmserver.storage._entries`) and pages by the one cursor rule
-(:mod:`bmserver.storage._cursors`); it implements the rule in Python, over its own rows.
+(:mod:`bmserver.storage._cursors`); it implements the rule in Python, over its own rows
+(:mod:`bmserver.storage._memory_rows`).
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
-from typing import Generic, Self, TypeVar
+from typing import Self
 
 import attrs
 
@@ -34,65 +35,25 @@ from bmserver.storage._contract import (
     UnknownKeyError,
     WriteResult,
 )
-from bmserver.storage._cursors import Place, encode_cursor, page_start
+from bmserver.storage._cursors import page_start
 from bmserver.storage._entries import Original, answer_to_repeat, created, new_id
-from bmserver.storage._filters import NameFilter, TimeWindow
+from bmserver.storage._filters import (
+    NameFilter,
+    TimeWindow,
+    backup_filter,
+    notification_filter,
+)
+from bmserver.storage._memory_rows import Row as _Row
+from bmserver.storage._memory_rows import page as _page
+from bmserver.storage._memory_rows import ranked as _ranked
 
 __all__ = ["MemoryStore"]
-
-R = TypeVar("R")
 
 
 def _normalized(moment: datetime) -> datetime:
     # What a round trip through storage gives back: the same instant and offset, with a fixed
     # timezone (a ZoneInfo passed in does not survive storage, so it must not survive here).
     return bmcore.join_instant(*bmcore.split_instant(moment))
-
-
-@attrs.define
-class _Row(Generic[R]):
-    """A record with its sort key (time in UTC microseconds, insertion sequence).
-
-    An entry's row keeps its fingerprint too (bmcore's, as the SQL stores' content_hash).
-    """
-
-    key: tuple[int, int]
-    record: R
-    fingerprint: bytes = b""
-
-
-def _ranked(rows: Iterable[_Row[R]]) -> list[tuple[Place, _Row[R]]]:
-    """One account's rows of one list with their places (time, rank among equal times).
-
-    Ranked over all of the account's rows, before any filter, as the cursor rule says.
-    """
-    ranked: list[tuple[Place, _Row[R]]] = []
-    for row in sorted(rows, key=lambda row: row.key):
-        tied = bool(ranked) and ranked[-1][0][0] == row.key[0]
-        rank = ranked[-1][0][1] + 1 if tied else 1
-        ranked.append(((row.key[0], rank), row))
-    return ranked
-
-
-def _page(
-    ranked: Iterable[tuple[Place, _Row[R]]],
-    kind: str,
-    limit: int,
-    after: Place | None,
-) -> Page[R]:
-    # The cursor rule: everything strictly after the cursor's place, newest first. Within one
-    # account, places are in the same order as the sort keys (time, seq).
-    candidates = sorted(
-        (item for item in ranked if after is None or item[0] < after),
-        key=lambda item: item[0],
-        reverse=True,
-    )
-    items = candidates[:limit]
-    more = len(candidates) > limit
-    return Page(
-        items=[row.record for _, row in items],
-        next_cursor=encode_cursor(kind, items[-1][0]) if more else None,
-    )
 
 
 class MemoryStore:
@@ -121,8 +82,8 @@ class MemoryStore:
     def _forget_entries(self) -> None:
         self._devices: dict[tuple[str, str], _Row[DeviceRecord]] = {}
         self._jobs: dict[tuple[str, str], _Row[JobRecord]] = {}
+        self._jobs_by_id: dict[str, _Row[JobRecord]] = {}
         self._backups: dict[tuple[str, int], _Row[StoredBackup]] = {}  # by (job id, instant)
-        self._latest: dict[str, _Row[StoredBackup]] = {}  # job id -> its newest backup
         # Notifications by (account id, identity): a notification's identity is its fingerprint.
         self._notifications: dict[tuple[str, bytes], _Row[StoredNotification]] = {}
 
@@ -166,6 +127,9 @@ class MemoryStore:
             self._accounts[account.id] = account
             self._account_ids_by_name[name] = account.id
             return account
+
+    def observe_batches(self, observer: Callable[[int], None]) -> None:
+        """Nothing to observe: each write is applied at once, never batched."""
 
     async def count_accounts(self) -> int:
         """How many accounts exist (0 on a new store)."""
@@ -270,9 +234,7 @@ class MemoryStore:
             )
             row = _Row((facts.instant_us, next(self._seq)), stored, facts.fingerprint)
             self._backups[job.record.id, facts.instant_us] = row
-            latest = self._latest.get(job.record.id)
-            if latest is None or latest.key < row.key:
-                self._latest[job.record.id] = row
+            self._record_backup(job, stored)
             device_ids = (device.record.id, device_created)
             return created(stored.id, received_at, device_ids, (job.record.id, job_created))
 
@@ -360,7 +322,28 @@ class MemoryStore:
         )
         job = _Row((bmcore.split_instant(now)[0], next(self._seq)), record)
         self._jobs[device.account_id, digest] = job
+        self._jobs_by_id[record.id] = job
         return job, True
+
+    def _record_backup(self, job: _Row[JobRecord], backup: StoredBackup) -> None:
+        """Add a new backup to its job's summary, and make it the job's latest if it is."""
+        entry = backup.entry
+        summary = job.record.summary.add(entry.timestamp, entry.outcome)
+        if summary is None:  # a Success backfilled into a failing streak: count again
+            summary = bmcore.summarize(
+                (row.record.entry.timestamp, row.record.entry.outcome)
+                for row in self._backups.values()
+                if row.record.job_id == job.record.id
+            )
+        job.record = attrs.evolve(job.record, summary=summary)
+        if summary.latest_at == entry.timestamp:
+            job.record = attrs.evolve(
+                job.record,
+                latest_backup_id=backup.id,
+                latest_timestamp=entry.timestamp,
+                latest_status=entry.status,
+                latest_outcome=entry.outcome.value,
+            )
 
     # --- read side ----------------------------------------------------------------------------
 
@@ -382,15 +365,51 @@ class MemoryStore:
         names = NameFilter.of(sender=None, device_name=device_name, job_name=None)
         with self._lock:
             snapshot = list(self._jobs.values())
-            latest = dict(self._latest)
         ranked = [
-            (place, _Row(row.key, _with_latest(row.record, latest.get(row.record.id))))
+            (place, row)
             for place, row in _ranked(
                 row for row in snapshot if row.record.account_id == account_id
             )
             if names.matches(row.record.sender, row.record.device_name, row.record.job_name)
         ]
         return _page(ranked, "jobs", limit, after)
+
+    async def get_job(self, account_id: str, job_id: str) -> JobRecord | None:
+        """One job of the account by id, with its summary, schedule and pause; or None."""
+        with self._lock:
+            row = self._jobs_by_id.get(job_id)
+            return None if row is None or row.record.account_id != account_id else row.record
+
+    async def set_schedule(
+        self, account_id: str, job_id: str, schedule: bmcore.Schedule | None, *, now: datetime
+    ) -> JobRecord | None:
+        """Set a job's schedule and ``scheduled_at`` (``None`` clears both); None if no job."""
+        scheduled_at = None if schedule is None else _normalized(now)
+        return self._set_job(
+            account_id,
+            job_id,
+            lambda job: attrs.evolve(job, schedule=schedule, scheduled_at=scheduled_at),
+        )
+
+    async def set_pause(
+        self, account_id: str, job_id: str, pause: bmcore.Pause | None
+    ) -> JobRecord | None:
+        """Store a job's pause (``None`` clears it); the job as now stored, or None if no job."""
+        stored = pause
+        if pause is not None:
+            until = None if pause.until is None else _normalized(pause.until)
+            stored = bmcore.Pause(since=_normalized(pause.since), until=until)
+        return self._set_job(account_id, job_id, lambda job: attrs.evolve(job, pause=stored))
+
+    def _set_job(
+        self, account_id: str, job_id: str, change: Callable[[JobRecord], JobRecord]
+    ) -> JobRecord | None:
+        with self._lock:
+            row = self._jobs_by_id.get(job_id)
+            if row is None or row.record.account_id != account_id:
+                return None
+            row.record = change(row.record)
+            return row.record
 
     async def get_backup(self, account_id: str, entry_id: str) -> StoredBackup | None:
         """One backup of the account by id, or None."""
@@ -412,7 +431,7 @@ class MemoryStore:
         """Backups of one account, newest timestamp first."""
         after = page_start("backups", limit, cursor)
         window = TimeWindow.of(query.since, query.until)
-        matches = _backup_filter(query)
+        matches = backup_filter(query)
         with self._lock:
             snapshot = list(self._backups.values())
         ranked = [
@@ -430,7 +449,7 @@ class MemoryStore:
         """Notifications of one account, newest timestamp first."""
         after = page_start("notifications", limit, cursor)
         window = TimeWindow.of(query.since, query.until)
-        matches = _notification_filter(query)
+        matches = notification_filter(query)
         with self._lock:
             snapshot = list(self._notifications.values())
         ranked = [
@@ -443,20 +462,6 @@ class MemoryStore:
         return _page(ranked, "notifications", limit, after)
 
 
-def _with_latest(job: JobRecord, latest: _Row[StoredBackup] | None) -> JobRecord:
-    """A job with its newest backup filled in."""
-    if latest is None:
-        return job
-    entry = latest.record.entry
-    return attrs.evolve(
-        job,
-        latest_backup_id=latest.record.id,
-        latest_timestamp=entry.timestamp,
-        latest_status=entry.status,
-        latest_outcome=entry.outcome.value,
-    )
-
-
 def _original(row: _Row[StoredBackup] | _Row[StoredNotification]) -> Original:
     """The stored entry of a row, as the rules compare it and a repeat is answered."""
     record = row.record
@@ -467,33 +472,3 @@ def _original(row: _Row[StoredBackup] | _Row[StoredNotification]) -> Original:
         device_id=record.device_id,
         job_id=record.job_id,
     )
-
-
-def _backup_filter(query: BackupQuery) -> Callable[[bmcore.BackupEntry], bool]:
-    names = NameFilter.of(
-        sender=query.sender, device_name=query.device_name, job_name=query.job_name
-    )
-
-    def matches(entry: bmcore.BackupEntry) -> bool:
-        return (
-            (query.outcome is None or entry.outcome.value == query.outcome)
-            and (query.status is None or entry.status == query.status)
-            and names.matches(entry.sender, entry.device_name, entry.job_name)
-        )
-
-    return matches
-
-
-def _notification_filter(query: NotificationQuery) -> Callable[[bmcore.Notification], bool]:
-    names = NameFilter.of(
-        sender=query.sender, device_name=query.device_name, job_name=query.job_name
-    )
-
-    def matches(notification: bmcore.Notification) -> bool:
-        return (
-            (query.severity is None or notification.severity.value == query.severity)
-            and (query.type is None or notification.type == query.type)
-            and names.matches(notification.sender, notification.device_name, notification.job_name)
-        )
-
-    return matches

@@ -299,7 +299,7 @@ class PostgresStore(SqlStore):
         except Exception as batch_error:  # noqa: BLE001 - BEGIN, COMMIT or the connection failed
             _writer.settle(_writer.batch_failed(batch, batch_error))
             return []
-        self.commit_count += 1
+        self._committed(len(batch))
         _writer.settle(settled)
         return again
 

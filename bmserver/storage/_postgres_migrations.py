@@ -267,8 +267,87 @@ _ENTRY_NAME_KEYS: Final = Migration(
     ),
 )
 
+# As SQLite's migration 5 (see there): each job's summary of its backups, its schedule and its
+# pause, on its row; the jobs there are get their summaries from their backups in SQL. The
+# defaults stay: they are the summary of a new job, which an insert leaves to them.
+_JOB_HEALTH: Final = Migration(
+    version=5,
+    description="each job's summary of its backups, its schedule and its pause",
+    statements=(
+        """
+        ALTER TABLE jobs
+            ADD COLUMN latest_backup_id text,
+            ADD COLUMN latest_at timestamptz,
+            ADD COLUMN latest_offset smallint,
+            ADD COLUMN latest_status text,
+            ADD COLUMN latest_outcome text,
+            ADD COLUMN last_success_at timestamptz,
+            ADD COLUMN last_success_offset smallint,
+            ADD COLUMN consecutive_failures bigint NOT NULL DEFAULT 0,
+            ADD COLUMN failing_since_at timestamptz,
+            ADD COLUMN failing_since_offset smallint,
+            ADD COLUMN recent text NOT NULL DEFAULT '',
+            ADD COLUMN schedule text,
+            ADD COLUMN scheduled_at timestamptz,
+            ADD COLUMN scheduled_offset smallint,
+            ADD COLUMN paused_at timestamptz,
+            ADD COLUMN paused_offset smallint,
+            ADD COLUMN resumes_at timestamptz,
+            ADD COLUMN resumes_offset smallint
+        """,
+        """
+        UPDATE jobs SET
+            (latest_backup_id, latest_at, latest_offset, latest_status, latest_outcome) = (
+                SELECT id, ts, ts_offset, status, outcome FROM backups
+                WHERE backups.job_id = jobs.id ORDER BY ts DESC LIMIT 1
+            )
+        """,
+        """
+        UPDATE jobs SET
+            (last_success_at, last_success_offset) = (
+                SELECT ts, ts_offset FROM backups
+                WHERE backups.job_id = jobs.id AND outcome = 'Success' ORDER BY ts DESC LIMIT 1
+            )
+        """,
+        """
+        UPDATE jobs SET
+            (consecutive_failures, failing_since_at) = (
+                SELECT count(*), min(ts) FROM backups
+                WHERE backups.job_id = jobs.id AND outcome = 'Error'
+                AND (jobs.last_success_at IS NULL OR ts > jobs.last_success_at)
+            )
+        """,
+        """
+        UPDATE jobs SET failing_since_offset = (
+            SELECT ts_offset FROM backups
+            WHERE backups.job_id = jobs.id AND backups.ts = jobs.failing_since_at
+        )
+        """,
+        # The text that bmserver.storage._rows.recent_text writes. extract(epoch) is numeric,
+        # exact to the microsecond, since PostgreSQL 14 (before, a double: exact once rounded
+        # for the times of this era, not for the far future).
+        """
+        UPDATE jobs SET recent = coalesce((
+            SELECT string_agg(
+                round(extract(epoch FROM ts) * 1000000)::bigint || ':' || ts_offset, ' '
+                ORDER BY ts
+            ) FROM (
+                SELECT ts, ts_offset FROM backups
+                WHERE backups.job_id = jobs.id ORDER BY ts DESC LIMIT 10
+            ) AS newest
+        ), '')
+        """,
+    ),
+)
+
 #: Every migration, in order: the one at index ``i`` brings a database to version ``i + 1``.
-MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA, _READ_INDEXES, _NAME_KEYS, _ENTRY_NAME_KEYS)
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    _SCHEMA,
+    _READ_INDEXES,
+    _NAME_KEYS,
+    _ENTRY_NAME_KEYS,
+    _JOB_HEALTH,
+)
 
 _Connection = AsyncConnection[TupleRow]
 

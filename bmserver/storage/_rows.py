@@ -6,13 +6,18 @@ microseconds; PostgreSQL: timestamptz), each beside the UTC offset in minutes it
 and in how a key's scopes are (SQLite: the values separated by spaces; PostgreSQL: a text
 array). A :class:`RowReader` is told how to turn an instant back into the aware datetime that
 was sent and into the UTC microseconds a cursor's sort key holds, and how to read scopes.
+
+Two columns of a job hold a value as text, the same in both stores, written with the functions
+here and read back by the reader: its schedule (the JSON of :meth:`bmcore.Schedule.to_wire`) and
+its summary's recent report times (:func:`recent_text`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, NamedTuple, TypeVar
 
 import attrs
 
@@ -28,12 +33,52 @@ from bmserver.storage._contract import (
 )
 from bmserver.storage._entries import Original
 
-__all__ = ["RowReader", "SortKey"]
+__all__ = ["NO_REPORTS", "JobReports", "RowReader", "SortKey", "recent_text", "schedule_text"]
 
 InstantT = TypeVar("InstantT")
 #: A row's place in its list, as a cursor holds it: (UTC microseconds, seq).
 SortKey = tuple[int, int]
 _Row = tuple[Any, ...]
+
+
+class JobReports(NamedTuple):
+    """What a job's row keeps of its backups: their summary, and the latest one's id and status."""
+
+    summary: bmcore.ReportSummary
+    latest_backup_id: str | None
+    latest_status: str | None
+
+
+#: A job's reports before its first backup.
+NO_REPORTS: Final = JobReports(bmcore.ReportSummary(), None, None)
+
+
+def recent_text(times: Iterable[datetime]) -> str:
+    """Report times as a job's ``recent`` column holds them: ``<UTC µs>:<offset>``, by spaces.
+
+    Plain text in both stores, so that each migration can also write it in SQL.
+
+    >>> from datetime import timezone, timedelta
+    >>> recent_text([datetime(1970, 1, 1, 1, tzinfo=timezone(timedelta(hours=1)))])
+    '0:60'
+    """
+    return " ".join("{}:{}".format(*bmcore.split_instant(at)) for at in times)
+
+
+def _recent_times(text: str) -> tuple[datetime, ...]:
+    # Sorted here: a migration's SQL may aggregate in any order.
+    pairs = (item.split(":") for item in text.split())
+    times = sorted(bmcore.join_instant(int(utc_us), int(offset)) for utc_us, offset in pairs)
+    return tuple(times[-bmcore.RECENT_REPORTS :])
+
+
+def schedule_text(schedule: bmcore.Schedule | None) -> str | None:
+    """A schedule as a job's ``schedule`` column holds it: the JSON of its canonical wire form."""
+    return None if schedule is None else json.dumps(schedule.to_wire())
+
+
+def _schedule(text: str | None) -> bmcore.Schedule | None:
+    return None if text is None else bmcore.parse_schedule(json.loads(text))
 
 
 @attrs.frozen
@@ -92,10 +137,13 @@ class RowReader(Generic[InstantT]):
         return record, (self.micros(created), seq)
 
     def job(self, row: _Row) -> tuple[JobRecord, SortKey]:
-        """A jobs row of a listing, with its latest backup, and its place."""
+        """A jobs row, with its reports, schedule and pause, and its place."""
         job_id, account_id, device_id, sender, device_name, job_name = row[:6]
         created, created_offset, seq = row[6:9]
-        latest_id, latest, latest_offset, latest_status, latest_outcome = row[9:]
+        reports = self.reports(row[9:20])
+        schedule, scheduled, scheduled_offset = row[20:23]
+        paused, paused_offset, resumes, resumes_offset = row[23:27]
+        latest_outcome = reports.summary.latest_outcome
         record = JobRecord(
             id=job_id,
             account_id=account_id,
@@ -104,12 +152,45 @@ class RowReader(Generic[InstantT]):
             device_name=device_name,
             job_name=job_name,
             created_at=self.shown(created, created_offset),
-            latest_backup_id=latest_id,
-            latest_timestamp=None if latest is None else self.shown(latest, latest_offset),
-            latest_status=latest_status,
-            latest_outcome=latest_outcome,
+            latest_backup_id=reports.latest_backup_id,
+            latest_timestamp=reports.summary.latest_at,
+            latest_status=reports.latest_status,
+            latest_outcome=None if latest_outcome is None else latest_outcome.value,
+            summary=reports.summary,
+            schedule=_schedule(schedule),
+            scheduled_at=self._shown_or_none(scheduled, scheduled_offset),
+            pause=None
+            if paused is None
+            else bmcore.Pause(
+                since=self.shown(paused, paused_offset),
+                until=self._shown_or_none(resumes, resumes_offset),
+            ),
         )
         return record, (self.micros(created), seq)
+
+    def reports(self, row: _Row) -> JobReports:
+        """A job's reports, from its columns of them (``_REPORTS_COLUMNS`` of ``_sql``)."""
+        latest_id, latest, latest_offset, latest_status, latest_outcome = row[:5]
+        last_success, last_success_offset, failures, failing, failing_offset, recent = row[5:]
+        summary = bmcore.ReportSummary(
+            latest_at=self._shown_or_none(latest, latest_offset),
+            latest_outcome=None if latest_outcome is None else bmcore.Outcome(latest_outcome),
+            last_success_at=self._shown_or_none(last_success, last_success_offset),
+            consecutive_failures=int(failures),
+            failing_since=self._shown_or_none(failing, failing_offset),
+            recent=_recent_times(recent),
+        )
+        return JobReports(summary, latest_id, latest_status)
+
+    def report(self, row: _Row) -> tuple[datetime, bmcore.Outcome]:
+        """A backup as a report of its job: (timestamp, offset, outcome)."""
+        timestamp, offset, outcome = row
+        return self.shown(timestamp, offset), bmcore.Outcome(outcome)
+
+    def _shown_or_none(self, instant: InstantT | None, offset: int | None) -> datetime | None:
+        if instant is None or offset is None:
+            return None
+        return self.shown(instant, offset)
 
     def backup(self, row: _Row) -> tuple[StoredBackup, SortKey]:
         """A backups row, and its place."""

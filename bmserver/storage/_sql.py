@@ -11,11 +11,14 @@ parameters             ``?``                             ``%s``
 an instant             integer UTC microseconds,         ``timestamptz``, in columns ``*_at``
                        in columns ``*_us``               (a backup's or notification's: ``ts``)
 a key's scopes         the values, space-separated       a ``text[]``
-a job's latest backup  a subquery on its ``seq``         a ``LATERAL`` join
 rows to be revoked     (one writer: nothing to lock)     ``FOR UPDATE``
+a backup's job row     (one writer: nothing to lock)     ``FOR NO KEY UPDATE``
 =====================  ================================  =======================================
 
-Every instant is stored beside the UTC offset, in minutes, that it was sent with.
+Every instant is stored beside the UTC offset, in minutes, that it was sent with. A job's row
+keeps what health needs of its backups (its :class:`bmcore.ReportSummary`, with the latest
+backup's id and status), updated by every new backup in the same transaction, so that reading
+a job, or listing jobs, reads no backups.
 
 Statements reach a database through a :class:`Session`: the SQLite store answers its coroutines
 at once from a ``sqlite3`` connection on its own threads, the PostgreSQL store awaits psycopg's
@@ -33,12 +36,22 @@ from typing import Any, Final, Generic, LiteralString, Protocol, TypeVar
 import attrs
 
 import bmcore
-from bmserver.storage._contract import Page, Scope
+from bmserver.storage._contract import Page, Scope, StoreError
 from bmserver.storage._cursors import Place, encode_cursor, page_start
 from bmserver.storage._filters import TimeWindow
 from bmserver.storage._rows import RowReader
 
-__all__ = ["POSTGRES", "SQLITE", "Dialect", "Row", "Select", "Session", "Statements"]
+__all__ = [
+    "CHANGED",
+    "POSTGRES",
+    "SQLITE",
+    "Dialect",
+    "Row",
+    "Select",
+    "Session",
+    "Statements",
+    "required",
+]
 
 R = TypeVar("R")
 #: A row as a driver returns it: the selected columns in order.
@@ -88,6 +101,10 @@ class Dialect:
         utc_us, offset = bmcore.split_instant(value)
         return self.instant(value, utc_us), offset
 
+    def moment_or_none(self, value: datetime | None) -> tuple[object, int | None]:
+        """:meth:`moment`, or (None, None) for no datetime."""
+        return (None, None) if value is None else self.moment(value)
+
     @functools.cached_property
     def sql(self) -> Statements:
         """Every statement of the stores, in this dialect."""
@@ -115,6 +132,25 @@ def _as_sent(moment: datetime, _utc_us: int) -> datetime:
     return moment
 
 
+# The instants of a job's row: its summary's (the latest backup, the last success, since when it
+# fails), when its schedule was set, and its pause (paused: since when; resumes: until when).
+_JOB_TIMES_SQLITE: Final[Mapping[str, LiteralString]] = {
+    "latest": "latest_us",
+    "last_success": "last_success_us",
+    "failing_since": "failing_since_us",
+    "scheduled": "scheduled_us",
+    "paused": "paused_us",
+    "resumes": "resumes_us",
+}
+_JOB_TIMES_POSTGRES: Final[Mapping[str, LiteralString]] = {
+    "latest": "latest_at",
+    "last_success": "last_success_at",
+    "failing_since": "failing_since_at",
+    "scheduled": "scheduled_at",
+    "paused": "paused_at",
+    "resumes": "resumes_at",
+}
+
 SQLITE: Final = Dialect(
     name="sqlite",
     placeholder="?",
@@ -126,9 +162,8 @@ SQLITE: Final = Dialect(
         "ts": "ts_us",
         "scopes": "?",
         "for_update": "",
-        # Through UNIQUE (job_id, ts_us): one index probe per job.
-        "latest_backup": "LEFT JOIN backups AS latest ON latest.seq = ("
-        "SELECT seq FROM backups WHERE job_id = jobs.id ORDER BY ts_us DESC LIMIT 1)",
+        "for_job_update": "",
+        **_JOB_TIMES_SQLITE,
     },
     instant=_utc_micros,
     instant_of_us=int,
@@ -149,9 +184,11 @@ POSTGRES: Final = Dialect(
         # Two instances revoking at once: the second waits for the first's row locks, then
         # finds the keys revoked and revokes nothing, as if it had come second.
         "for_update": " FOR UPDATE",
-        # Through UNIQUE (job_id, ts): one index probe per job.
-        "latest_backup": "LEFT JOIN LATERAL (SELECT id, ts, ts_offset, status, outcome"
-        " FROM backups WHERE backups.job_id = jobs.id ORDER BY ts DESC LIMIT 1) AS latest ON true",
+        # A backup's write locks its job's row before it updates the summary there: another
+        # instance's write of the same job waits, then reads the summary this one left. NO KEY:
+        # the foreign keys of backups being inserted meanwhile (KEY SHARE) do not wait for it.
+        "for_job_update": " FOR NO KEY UPDATE",
+        **_JOB_TIMES_POSTGRES,
     },
     instant=_as_sent,
     # UTC, as the connections' time zone is: what comes back is compared with what went in.
@@ -172,6 +209,19 @@ _ENTRY_COLUMNS: Final = (
     "id, account_id, device_id, job_id, {ts}, ts_offset, sender, device_name, job_name"
 )
 _ORIGINAL_COLUMNS: Final = "id, content_hash, {received}, received_offset, device_id, job_id"
+#: What a job's row keeps of its backups, as RowReader.reports reads it.
+_REPORTS_COLUMNS: Final = (
+    "jobs.latest_backup_id, jobs.{latest}, jobs.latest_offset, jobs.latest_status,"
+    " jobs.latest_outcome, jobs.{last_success}, jobs.last_success_offset,"
+    " jobs.consecutive_failures, jobs.{failing_since}, jobs.failing_since_offset, jobs.recent"
+)
+#: A job as RowReader.job reads it: names, creation, seq, reports, schedule, pause.
+_JOB_COLUMNS: Final = (
+    "jobs.id, jobs.account_id, jobs.device_id, jobs.sender, jobs.device_name, jobs.job_name,"
+    " jobs.{created}, jobs.created_offset, jobs.seq, " + _REPORTS_COLUMNS + ", jobs.schedule,"
+    " jobs.{scheduled}, jobs.scheduled_offset, jobs.{paused}, jobs.paused_offset,"
+    " jobs.{resumes}, jobs.resumes_offset"
+)
 
 
 class Statements:
@@ -226,12 +276,43 @@ class Statements:
             " ON CONFLICT (account_id, digest) DO NOTHING"
         )
         # A backup's job, with what is stored under the backup's identity if anything: both in
-        # one probe of UNIQUE (account_id, digest) and UNIQUE (job_id, ts).
+        # one probe of UNIQUE (account_id, digest) and UNIQUE (job_id, ts). Then the job's
+        # reports, which a new backup updates.
         self.job_and_backup: Final = sql(
             "SELECT jobs.id, jobs.device_id, backups.id, backups.content_hash,"
-            " backups.{received}, backups.received_offset, backups.device_id, backups.job_id"
-            " FROM jobs LEFT JOIN backups ON backups.job_id = jobs.id AND backups.{ts} = ?"
+            " backups.{received}, backups.received_offset, backups.device_id, backups.job_id, "
+            + _REPORTS_COLUMNS
+            + " FROM jobs LEFT JOIN backups ON backups.job_id = jobs.id AND backups.{ts} = ?"
             " WHERE jobs.account_id = ? AND jobs.digest = ?"
+        )
+        self.job_reports_to_update: Final = sql(
+            "SELECT " + _REPORTS_COLUMNS + " FROM jobs WHERE id = ?{for_job_update}"
+        )
+        #: Every backup of a job as a report, (timestamp, offset, outcome): for a recount.
+        self.reports_of_job: Final = sql(
+            "SELECT {ts}, ts_offset, outcome FROM backups WHERE job_id = ?"
+        )
+        self.update_job_reports: Final = sql(
+            "UPDATE jobs SET latest_backup_id = ?, {latest} = ?, latest_offset = ?,"
+            " latest_status = ?, latest_outcome = ?, {last_success} = ?, last_success_offset = ?,"
+            " consecutive_failures = ?, {failing_since} = ?, failing_since_offset = ?, recent = ?"
+            " WHERE id = ?"
+        )
+        self.job_by_id: Final = sql(
+            "SELECT " + _JOB_COLUMNS + " FROM jobs WHERE jobs.account_id = ? AND jobs.id = ?"
+        )
+        #: The digests a job's writes are ordered by (see SqlJobs._entry_order).
+        self.job_digests: Final = sql(
+            "SELECT devices.digest, jobs.digest FROM jobs"
+            " JOIN devices ON devices.id = jobs.device_id WHERE jobs.account_id = ? AND jobs.id = ?"
+        )
+        self.set_schedule: Final = sql(
+            "UPDATE jobs SET schedule = ?, {scheduled} = ?, scheduled_offset = ?"
+            " WHERE account_id = ? AND id = ?"
+        )
+        self.set_pause: Final = sql(
+            "UPDATE jobs SET {paused} = ?, paused_offset = ?, {resumes} = ?, resumes_offset = ?"
+            " WHERE account_id = ? AND id = ?"
         )
         self.original_backup: Final = sql(
             "SELECT " + _ORIGINAL_COLUMNS + " FROM backups WHERE job_id = ? AND {ts} = ?"
@@ -257,12 +338,7 @@ class Statements:
             "SELECT id, account_id, sender, device_name, {created}, created_offset,"
             " {last_seen}, last_seen_offset, seq FROM devices"
         )
-        self.jobs: Final = sql(
-            "SELECT jobs.id, jobs.account_id, jobs.device_id, jobs.sender, jobs.device_name,"
-            " jobs.job_name, jobs.{created}, jobs.created_offset, jobs.seq, latest.id,"
-            " latest.{ts}, latest.ts_offset, latest.status, latest.outcome FROM jobs"
-            " {latest_backup}"
-        )
+        self.jobs: Final = sql("SELECT " + _JOB_COLUMNS + " FROM jobs")
         self.backups: Final = sql(
             "SELECT " + _ENTRY_COLUMNS + ", status, message, {received}, received_offset, seq"
             " FROM backups"
@@ -272,6 +348,17 @@ class Statements:
             " received_offset, seq FROM notifications"
         )
         self.lists: Final = {kind: _List(dialect, *where) for kind, where in _LISTS.items()}
+
+
+def required(row: Row | None) -> Row:
+    """A row that the constraints guarantee (say, the winner of a lost ON CONFLICT)."""
+    if row is None:
+        raise StoreError(CHANGED)
+    return row
+
+
+#: What a store says when a row that must exist is missing.
+CHANGED: Final = "a row that must exist was not found; the database changed underneath"
 
 
 class _List:

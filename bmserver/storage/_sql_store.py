@@ -2,8 +2,9 @@
 
 :class:`SqlStore` implements every method of the contract with the statements of its
 :class:`~bmserver.storage._sql.Dialect`, as coroutine functions of a
-:class:`~bmserver.storage._sql.Session`. A subclass says how they run (:meth:`SqlStore._write`
-through its batching writer, :meth:`SqlStore._read` on its readers) and owns its lifecycle.
+:class:`~bmserver.storage._sql.Session`; its jobs' health and settings are its base's,
+:class:`~bmserver.storage._sql_jobs.SqlJobs`. A subclass says how they run (``_write`` through
+its batching writer, ``_read`` on its readers) and owns its lifecycle.
 
 Several processes may write to one PostgreSQL database at once (instances behind a load
 balancer), so nothing here relies on an in-process check. Every identity is a UNIQUE constraint
@@ -19,9 +20,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, ClassVar, LiteralString, NoReturn, Self, TypeVar
+from typing import Any, LiteralString, NoReturn, Self, TypeVar
 
 import bmcore
 from bmserver.storage._contract import (
@@ -41,34 +42,38 @@ from bmserver.storage._contract import (
 )
 from bmserver.storage._entries import answer_to_repeat, created, new_id
 from bmserver.storage._filters import NameFilter, TimeWindow
-from bmserver.storage._sql import Dialect, Row, Select, Session
+from bmserver.storage._rows import NO_REPORTS
+from bmserver.storage._sql import CHANGED, Select, Session, required
+from bmserver.storage._sql_jobs import Order, Run, SqlJobs
 from bmserver.storage._writer import Repeat
 
-__all__ = ["Order", "SqlStore"]
+__all__ = ["Order", "Run", "SqlStore"]
 
 T = TypeVar("T")
 
-#: The position of a write in its batch: what it locks, as a key of one global order.
-Order = tuple[object, ...]
-#: A statement's work on one session.
-Run = Callable[[Session], Coroutine[Any, Any, T]]
 #: An instant as the tables hold it, with its UTC offset in minutes.
 _Moment = tuple[object, int]
 #: Names as sent and in canonical form: (sender, device name, job name) of each.
 _Names = tuple[tuple[str, str, str], tuple[str, str, str]]
 
 
-class SqlStore(abc.ABC):
+class SqlStore(SqlJobs):
     """A :class:`~bmserver.Store` on a SQL database, less how its statements run."""
 
-    #: The subclass's database.
-    dialect: ClassVar[Dialect]
-    #: Whether the writer sorts each batch by what its writes lock (see :func:`_entry_order`):
-    #: PostgreSQL's, whose batches race other instances' for row locks. SQLite's single
-    #: writer keeps the order of arrival, and its writes carry no order.
-    orders_batches: ClassVar[bool] = False
     #: How many transactions the writer has committed (a test checks that it batches).
     commit_count: int
+    #: Told the size of each committed batch (bmserver's metrics), if set.
+    batch_observer: Callable[[int], None] | None = None
+
+    def observe_batches(self, observer: Callable[[int], None]) -> None:
+        """Call ``observer`` with the number of writes of each batch, once it is committed."""
+        self.batch_observer = observer
+
+    def _committed(self, size: int) -> None:
+        self.commit_count += 1
+        if self.batch_observer is not None:
+            self.batch_observer(size)
+
     #: How many migrations the last ``open()`` applied (0 when the schema was current).
     migrations_applied: int
 
@@ -95,14 +100,6 @@ class SqlStore(abc.ABC):
         Do not await a write inside the block: it cannot complete before the block ends.
         """
 
-    @abc.abstractmethod
-    async def _write(self, order: Order, run: Run[T]) -> T:
-        """Run ``run`` in the writer's next batch; its result once committed."""
-
-    @abc.abstractmethod
-    async def _read(self, run: Run[T]) -> T:
-        """Run ``run`` on a reader; its result."""
-
     async def _read_key(self, run: Run[T]) -> T:
         """The read of every request, its API key: a plain read unless a store has a faster one."""
         return await self._read(run)
@@ -118,7 +115,7 @@ class SqlStore(abc.ABC):
             account = (new_id("acc"), name, created_at, offset)
             if await session.run(sql.insert_account, account):
                 return rows.account(account)
-            return rows.account(_required(await session.one(sql.account_named, (name,))))
+            return rows.account(required(await session.one(sql.account_named, (name,))))
 
         return await self._write(("account", name), run)
 
@@ -127,7 +124,7 @@ class SqlStore(abc.ABC):
         sql = self.dialect.sql
 
         async def run(session: Session) -> int:
-            return int(_required(await session.one(sql.count_accounts))[0])
+            return int(required(await session.one(sql.count_accounts))[0])
 
         return await self._read(run)
 
@@ -205,14 +202,15 @@ class SqlStore(abc.ABC):
         device_digest, job_digest = job_key.device.digest, job_key.digest
         received = self.dialect.moment(now)
         instant = self.dialect.instant(entry.timestamp, facts.instant_us)
+        timestamp = bmcore.join_instant(facts.instant_us, facts.offset_minutes)
         names = (entry.sender, entry.device_name, entry.job_name)
         keys = (job_key.sender, job_key.device_name, job_key.job_name)
         order = self._entry_order(account_id, device_digest, job_digest, "b", facts.instant_us)
 
         async def run(session: Session) -> WriteResult:
             # Under load the event loop holds SQLite's writer thread off the GIL around every
-            # statement: a known job, the common case, takes one query, one UPDATE and the
-            # INSERT instead of six statements.
+            # statement: a known job, the common case, takes one query, two UPDATEs and the
+            # INSERT instead of seven statements.
             found = await session.one(sql.job_and_backup, (instant, account_id, job_digest))
             if found is None:
                 await _require_account(session, sql.account_exists, account_id)
@@ -223,8 +221,10 @@ class SqlStore(abc.ABC):
                 job = await self._insert_job(
                     session, (account_id, device[0]), (names, keys), job_digest, received
                 )
+                # Unless another instance created the job since the query above.
+                reports = NO_REPORTS if job[1] else await self._reports_to_update(session, job[0])
             else:
-                job_id, device_id, stored = found[0], found[1], found[2:]
+                job_id, device_id, stored = found[0], found[1], found[2:8]
                 original = None if stored[0] is None else rows.original(stored)
                 repeat = answer_to_repeat(facts, original)
                 if repeat is not None:
@@ -233,6 +233,13 @@ class SqlStore(abc.ABC):
                 # one this entry names: a job's key extends its device's key.
                 await session.run(sql.touch_device, (*received, device_id, received[0]))
                 device, job = (device_id, False), (job_id, False)
+                # Where other instances write, they may have changed the job since the query
+                # above: read it again, locked, in the lock order (after the device).
+                reports = (
+                    await self._reports_to_update(session, job_id)
+                    if self.orders_batches
+                    else rows.reports(found[8:])
+                )
             entry_id = new_id("bk")
             values = (
                 *(entry_id, account_id, device[0], job[0], instant, facts.offset_minutes),
@@ -242,6 +249,7 @@ class SqlStore(abc.ABC):
             if not await session.run(sql.insert_backup, values):
                 # Another instance stored this job's entry at this instant since the query above.
                 await self._lost_race(session, facts, sql.original_backup, (job[0], instant))
+            await self._record_backup(session, job[0], reports, (entry_id, timestamp, entry))
             return created(entry_id, rows.shown(*received), device, job)
 
         return await self._write(order, run)
@@ -292,21 +300,6 @@ class SqlStore(abc.ABC):
 
         return await self._write(order, run)
 
-    def _entry_order(
-        self, account: str, device: str, job: str, kind: str, identity: int | bytes
-    ) -> Order:
-        """The lock order of an entry's write: its device, then its job, then the entry itself.
-
-        A write locks its device row (new, or its last_seen moved), then its job row, then its
-        entry's unique key, in that order; sorting a batch by (account, device, job, entry)
-        makes every batch of every PostgreSQL instance acquire its locks in one global order, so
-        none can wait for another in a cycle. Equal keys mean the same rows (the same content
-        has the same names). ``kind`` is "b" for a backup (``identity``: its instant) or "n" for
-        a notification (its fingerprint), so that only identities of one type are compared.
-        Empty for a store that does not order its batches.
-        """
-        return ("entry", account, device, job, kind, identity) if self.orders_batches else ()
-
     async def _lost_race(
         self,
         session: Session,
@@ -315,10 +308,10 @@ class SqlStore(abc.ABC):
         identity: tuple[object, ...],
     ) -> NoReturn:
         """An INSERT found its identity taken: answer as the rules say, undoing this write."""
-        original = self.dialect.rows.original(_required(await session.one(query, identity)))
+        original = self.dialect.rows.original(required(await session.one(query, identity)))
         answer = answer_to_repeat(facts, original)  # ConflictError, raised in the savepoint
         if answer is None:
-            raise StoreError(_CHANGED)
+            raise StoreError(CHANGED)
         raise Repeat(answer)
 
     async def _ensure_device(
@@ -343,7 +336,7 @@ class SqlStore(abc.ABC):
                 return device_id, True
             # Another instance created it since the query above.
             found = await session.one(sql.device_with_digest, (account_id, digest))
-        device_id = str(_required(found)[0])
+        device_id = str(required(found)[0])
         await session.run(sql.touch_device, (*now, device_id, now[0]))
         return device_id, False
 
@@ -371,7 +364,7 @@ class SqlStore(abc.ABC):
         if await session.run(sql.insert_job, values):
             return job_id, True
         found = await session.one(sql.job_with_digest, (account_id, digest))
-        return str(_required(found)[0]), False
+        return str(required(found)[0]), False
 
     # --- read side ----------------------------------------------------------------------------
 
@@ -464,9 +457,6 @@ class SqlStore(abc.ABC):
         return await self._read(select.page)
 
 
-_CHANGED = "a row that must exist was not found; the database changed underneath"
-
-
 def _where_names(select: Select[Any], query: BackupQuery | NotificationQuery) -> None:
     """The name filters of a query, compared with the canonical names each row keeps."""
     names = NameFilter.of(
@@ -475,13 +465,6 @@ def _where_names(select: Select[Any], query: BackupQuery | NotificationQuery) ->
     select.where("sender_key", names.sender)
     select.where("device_name_key", names.device_name)
     select.where("job_name_key", names.job_name)  # NULL equals no name
-
-
-def _required(row: Row | None) -> Row:
-    """A row that the constraints guarantee (say, the winner of a lost ON CONFLICT)."""
-    if row is None:
-        raise StoreError(_CHANGED)
-    return row
 
 
 async def _require_account(session: Session, query: LiteralString, account_id: str) -> None:

@@ -235,7 +235,7 @@ class SqliteStore(SqlStore):
                 connection.execute("ROLLBACK")
             _writer.settle(_writer.batch_failed(batch, batch_error))
             return
-        self.commit_count += 1
+        self._committed(len(batch))
         _writer.settle(settled)
 
     async def _write(self, order: Order, run: Run[T]) -> T:

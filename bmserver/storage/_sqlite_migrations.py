@@ -226,8 +226,81 @@ _ENTRY_NAME_KEYS: Final = Migration(
     ),
 )
 
+# Job health (bmcore.ReportSummary), schedules and pauses, on each job's row. The summary is
+# kept up to date by every new backup (see bmserver.storage._sql_jobs); here the jobs there are
+# get theirs from their backups, in SQL, as bmcore.summarize would count them: the latest
+# backup; the last Success; the Errors after it (Warnings and Unknowns neither count nor break
+# the streak); and the newest report times (10: bmcore.RECENT_REPORTS when this was written).
+# Each subquery walks one job's rows of UNIQUE (job_id, ts_us) backwards from its newest.
+_JOB_HEALTH: Final = Migration(
+    version=5,
+    description="each job's summary of its backups, its schedule and its pause",
+    statements=(
+        "ALTER TABLE jobs ADD COLUMN latest_backup_id TEXT",
+        "ALTER TABLE jobs ADD COLUMN latest_us INTEGER",
+        "ALTER TABLE jobs ADD COLUMN latest_offset INTEGER",
+        "ALTER TABLE jobs ADD COLUMN latest_status TEXT",
+        "ALTER TABLE jobs ADD COLUMN latest_outcome TEXT",
+        "ALTER TABLE jobs ADD COLUMN last_success_us INTEGER",
+        "ALTER TABLE jobs ADD COLUMN last_success_offset INTEGER",
+        "ALTER TABLE jobs ADD COLUMN consecutive_failures INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN failing_since_us INTEGER",
+        "ALTER TABLE jobs ADD COLUMN failing_since_offset INTEGER",
+        # The newest report times, "<UTC microseconds>:<offset>" separated by spaces.
+        "ALTER TABLE jobs ADD COLUMN recent TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE jobs ADD COLUMN schedule TEXT",  # the JSON of Schedule.to_wire()
+        "ALTER TABLE jobs ADD COLUMN scheduled_us INTEGER",
+        "ALTER TABLE jobs ADD COLUMN scheduled_offset INTEGER",
+        "ALTER TABLE jobs ADD COLUMN paused_us INTEGER",  # a pause: since when
+        "ALTER TABLE jobs ADD COLUMN paused_offset INTEGER",
+        "ALTER TABLE jobs ADD COLUMN resumes_us INTEGER",  # and until when, if it ends
+        "ALTER TABLE jobs ADD COLUMN resumes_offset INTEGER",
+        """
+        UPDATE jobs SET
+            (latest_backup_id, latest_us, latest_offset, latest_status, latest_outcome) = (
+                SELECT id, ts_us, ts_offset, status, outcome FROM backups
+                WHERE job_id = jobs.id ORDER BY ts_us DESC LIMIT 1
+            )
+        """,
+        """
+        UPDATE jobs SET
+            (last_success_us, last_success_offset) = (
+                SELECT ts_us, ts_offset FROM backups
+                WHERE job_id = jobs.id AND outcome = 'Success' ORDER BY ts_us DESC LIMIT 1
+            )
+        """,
+        """
+        UPDATE jobs SET
+            (consecutive_failures, failing_since_us) = (
+                SELECT count(*), min(ts_us) FROM backups
+                WHERE job_id = jobs.id AND outcome = 'Error'
+                AND (jobs.last_success_us IS NULL OR ts_us > jobs.last_success_us)
+            )
+        """,
+        """
+        UPDATE jobs SET failing_since_offset = (
+            SELECT ts_offset FROM backups WHERE job_id = jobs.id AND ts_us = jobs.failing_since_us
+        )
+        """,
+        """
+        UPDATE jobs SET recent = (
+            SELECT coalesce(group_concat(ts_us || ':' || ts_offset, ' '), '') FROM (
+                SELECT ts_us, ts_offset FROM backups
+                WHERE job_id = jobs.id ORDER BY ts_us DESC LIMIT 10
+            )
+        )
+        """,
+    ),
+)
+
 #: Every migration, in order: the one at index ``i`` brings a database to version ``i + 1``.
-MIGRATIONS: Final[tuple[Migration, ...]] = (_SCHEMA, _READ_INDEXES, _NAME_KEYS, _ENTRY_NAME_KEYS)
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    _SCHEMA,
+    _READ_INDEXES,
+    _NAME_KEYS,
+    _ENTRY_NAME_KEYS,
+    _JOB_HEALTH,
+)
 
 
 def schema_version(connection: sqlite3.Connection) -> int:

@@ -8,6 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from bmcore import (
+    RECENT_REPORTS,
     JobHealth,
     JobState,
     Outcome,
@@ -196,6 +197,7 @@ def test_a_summary_does_not_depend_on_arrival_order(
         summary = summary.add(at, outcome) or summarize(seen)
         assert summary == summarize(seen)
     assert summary == summarize(reports)
+    assert summary.recent == tuple(sorted(at for at, _ in reports))[-RECENT_REPORTS:]
 
 
 @given(

@@ -112,6 +112,11 @@ def test_a_bad_cron_field_is_named(cron: str, field_name: str) -> None:
     assert f"the {field_name} field" in error.message
 
 
+def test_a_cron_expression_has_a_length_limit() -> None:
+    flood = "1," * 150 + "1 * * * *"
+    assert _errors({"cron": flood, "grace": "1h"}) == [("/cron", "too_long")]
+
+
 def test_a_cron_expression_needs_five_fields() -> None:
     assert _errors({"cron": "0 2 * *", "grace": "1h"}) == [("/cron", "cron_field_count")]
     # Six fields (cronsim's seconds) are not crontab's, so not accepted either.

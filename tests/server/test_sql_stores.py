@@ -64,8 +64,8 @@ _READ_INDEXES = {"backups_newest", "notifications_newest", "jobs_newest", "devic
 async def test_a_new_database_gets_every_migration(db: Database) -> None:
     """An empty database is brought to the latest version, with every table and index."""
     async with db.store() as store:
-        assert store.migrations_applied == len(db.migrations) == 4
-    assert db.versions() == [1, 2, 3, 4]
+        assert store.migrations_applied == len(db.migrations) == 5
+    assert db.versions() == [1, 2, 3, 4, 5]
     assert names(db) >= _TABLES | db.bookkeeping
     assert names(db) >= _READ_INDEXES
 
@@ -79,7 +79,7 @@ async def test_reopening_migrates_nothing(db: Database) -> None:
     async with db.store() as store:
         assert store.migrations_applied == 0
     assert db.catalog() == before
-    assert db.versions() == [1, 2, 3, 4]
+    assert db.versions() == [1, 2, 3, 4, 5]
 
 
 @run_async
@@ -100,7 +100,7 @@ async def test_an_old_database_is_upgraded(db: Database) -> None:
         assert account.created_at == datetime(1970, 1, 1, tzinfo=UTC)
         assert account.created_at.utcoffset() == timedelta(hours=1)
         await store.add_backup(account.id, run(1), now=NOW)
-    assert db.versions() == [1, 2, 3, 4]
+    assert db.versions() == [1, 2, 3, 4, 5]
     assert "backups_newest" in names(db)
 
 
@@ -365,7 +365,7 @@ async def test_an_upgrade_from_version_2_rekeys_and_fills_the_name_filters(db: D
         ],
     )
     async with db.store() as store:
-        assert store.migrations_applied == 2
+        assert store.migrations_applied == 3
         assert await _messages(store, BackupQuery(device_name="filtdev")) == ["run 3", "run 2"]
         notes = await store.list_notifications(
             "acme",
@@ -412,7 +412,7 @@ async def test_an_upgrade_from_version_2_rekeys_and_fills_the_name_filters(db: D
             "run 1",
             "run 0",
         ]
-    assert db.versions() == [1, 2, 3, 4]
+    assert db.versions() == [1, 2, 3, 4, 5]
     rows = db.rows(
         "SELECT sender, device_name, job_name, sender_key, device_name_key, job_name_key"
         " FROM jobs UNION ALL SELECT sender, device_name, job_name, sender_key,"
