@@ -25,6 +25,8 @@ from bmserver._settings import Settings
 from bmserver.http._authentication import Authenticator
 from bmserver.http._gate import LimiterGate
 from bmserver.http._ingest import Ingest
+from bmserver.http._jobs import JobSide
+from bmserver.http._metrics import MetricsEndpoint, RequestMetrics, ServerMetrics
 from bmserver.http._middleware import AccessLog, NoStore, loggable_path
 from bmserver.http._openapi import openapi_document
 from bmserver.http._problems import (
@@ -85,6 +87,18 @@ def create_app(
         limiter=reads_limiter,
         gate=gate,
     )
+    metrics = ServerMetrics()
+    store.observe_batches(metrics.batch_sizes.observe)
+    scrape = MetricsEndpoint(metrics=metrics, store=store, clock=clock, admit_read=reads.admit)
+    jobs = JobSide(
+        settings=settings,
+        store=store,
+        clock=clock,
+        authenticate=authenticator.authenticate,
+        admit_read=reads.admit,
+        limiter=reads_limiter,
+        gate=gate,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncGenerator[None]:
@@ -110,18 +124,32 @@ def create_app(
         Route("/api/ingest/backup", ingest.backup, methods=["POST"]),
         Route("/api/ingest/notification", ingest.notification, methods=["POST"]),
         Route("/api/devices", reads.devices, methods=["GET"]),
-        Route("/api/jobs", reads.jobs, methods=["GET"]),
+        Route("/api/jobs", jobs.jobs, methods=["GET"]),
+        Route("/api/jobs/{job_id}", jobs.job, methods=["GET"]),
+        Route("/api/jobs/{job_id}/schedule", jobs.put_schedule, methods=["PUT"]),
+        Route("/api/jobs/{job_id}/schedule", jobs.delete_schedule, methods=["DELETE"]),
+        Route("/api/jobs/{job_id}/pause", jobs.pause, methods=["POST"]),
+        Route("/api/jobs/{job_id}/resume", jobs.resume, methods=["POST"]),
         Route("/api/backups", reads.backups, methods=["GET"]),
         Route("/api/notifications", reads.notifications, methods=["GET"]),
         Route("/api/backups/{entry_id}", reads.backup, methods=["GET"]),
         Route("/api/notifications/{entry_id}", reads.notification, methods=["GET"]),
+        Route("/metrics", scrape.scrape, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(AccessLog), Middleware(NoStore)],
+        middleware=[
+            Middleware(AccessLog),
+            Middleware(
+                RequestMetrics,
+                metrics=metrics,
+                templates={route.endpoint: route.path for route in routes},
+            ),
+            Middleware(NoStore),
+        ],
         exception_handlers={
             ProblemError: _problem_handler,
             HTTPException: _http_exception_handler,

@@ -33,7 +33,7 @@ from bmserver.http._problems import Problem, ProblemError
 from bmserver.limits._contract import Limiter
 from bmserver.storage._contract import ApiKeyRecord, Scope, Store
 
-__all__ = ["WWW_AUTHENTICATE", "Authenticator", "KnownClients"]
+__all__ = ["WWW_AUTHENTICATE", "Authenticator", "KnownClients", "supplied_key"]
 
 #: RFC 9110 requires a challenge on every 401; this one names the header the key goes in.
 WWW_AUTHENTICATE: Final = 'ApiKey header="X-Api-Key"'
@@ -123,13 +123,17 @@ class Authenticator:
     _in_flight: _InFlight = attrs.field(factory=_InFlight, init=False)
 
     async def authenticate(self, request: Request, scope: Scope) -> ApiKeyRecord:
-        """The key record of the request's X-Api-Key, or a 401/403/429 problem."""
+        """The key record of the request's key, or a 401/403/429 problem.
+
+        The key comes in ``X-Api-Key``, or as ``Authorization: Bearer <key>`` (what Prometheus's
+        ``authorization`` setting sends); X-Api-Key wins when both are sent.
+        """
         address = request.client.host if request.client else "unknown"
         now_ns = self.clock.monotonic_ns()
-        supplied = request.headers.get("x-api-key")
+        supplied = supplied_key(request)
         if not supplied:
             await self._refuse_if_locked_out(address, now_ns)
-            detail = "send your API key in the X-Api-Key header"
+            detail = "send your API key in the X-Api-Key header (or Authorization: Bearer)"
             if "api_key" in request.query_params or "apiKey" in request.query_params:
                 detail += "; keys in the URL end up in logs and are not accepted"
             raise ProblemError(Problem.MISSING_API_KEY, detail, headers=_CHALLENGE)
@@ -211,3 +215,14 @@ def _too_many_failures(retry_after_s: int) -> ProblemError:
         f"too many failed authentications from this address; retry after {wait} s",
         headers={"Retry-After": str(wait)},
     )
+
+
+def supplied_key(request: Request) -> str | None:
+    """The key a request carries: ``X-Api-Key``, else an ``Authorization: Bearer`` token."""
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.casefold() == "bearer" and token.strip():
+        return token.strip()
+    return None

@@ -24,7 +24,9 @@ _JSON_MEDIA: Final = frozenset({"application/json", "text/json"})
 _LENIENT_MEDIA: Final = frozenset({"", "application/x-www-form-urlencoded", "text/plain"})
 
 
-async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+async def read_body(
+    request: Request, limit: int, timeout_s: float, *, advice: str = "shorten the message field"
+) -> bytes:
     """The body, read only up to ``limit`` bytes and ``timeout_s`` seconds.
 
     A larger body is refused, never buffered; a body still arriving after ``timeout_s`` gets a
@@ -33,7 +35,7 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit, f"Content-Length is {declared}")
+        raise _too_large(limit, f"Content-Length is {declared}", advice)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -41,7 +43,7 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise _too_large(limit, "the body is longer")
+                    raise _too_large(limit, "the body is longer", advice)
                 chunks.append(chunk)
     except TimeoutError:
         raise ProblemError(
@@ -53,10 +55,9 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return b"".join(chunks)
 
 
-def _too_large(limit: int, what: str) -> ProblemError:
+def _too_large(limit: int, what: str, advice: str) -> ProblemError:
     return ProblemError(
-        Problem.PAYLOAD_TOO_LARGE,
-        f"the body may be at most {limit} bytes and {what}; shorten the message field",
+        Problem.PAYLOAD_TOO_LARGE, f"the body may be at most {limit} bytes and {what}; {advice}"
     )
 
 
@@ -110,7 +111,7 @@ def decode_content(request: Request, raw: bytes, limit: int) -> bytes:
             Problem.INVALID_JSON, f"the gzip body could not be decompressed: {error}"
         ) from None
     if len(body) > limit or inflater.unconsumed_tail:
-        raise _too_large(limit, "the decompressed body is longer")
+        raise _too_large(limit, "the decompressed body is longer", "shorten the message field")
     if not inflater.eof:
         raise ProblemError(Problem.INVALID_JSON, "the gzip body is truncated")
     if inflater.unused_data:

@@ -6,6 +6,14 @@ from typing import Any, Final
 
 import bmcore
 from bmserver._settings import Settings
+from bmserver.http._openapi_jobs import JOB_SCHEMAS, job_paths
+from bmserver.http._openapi_parts import (
+    NO_STORE,
+    RATE_HEADERS,
+    READS_LIMITED,
+    UNAUTHORIZED,
+    problem,
+)
 
 __all__ = ["openapi_document"]
 
@@ -130,38 +138,9 @@ _ACCEPTED: Final = {
 }
 
 
-def _problem(description: str, *, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": description,
-        "content": {
-            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-        },
-    }
-    if headers:
-        response["headers"] = headers
-    return response
-
-
-#: Every 401 says how to authenticate (RFC 9110).
-_UNAUTHORIZED: Final = _problem(
-    "Missing or invalid API key.",
-    headers={
-        "WWW-Authenticate": {
-            "schema": {"type": "string", "const": 'ApiKey header="X-Api-Key"'},
-        }
-    },
-)
-_RATE_HEADERS: Final = {
-    "RateLimit-Policy": {"schema": {"type": "string"}},
-    "RateLimit": {"schema": {"type": "string"}},
-}
-#: Every answer under /api/ carries an account's data, or could: no cache may keep it.
-_NO_STORE: Final = {"Cache-Control": {"schema": {"type": "string", "const": "no-store"}}}
-
-
 def _ingest(summary: str, schema: str, settings: Settings) -> dict[str, Any]:
     accepted = {"schema": {"$ref": "#/components/schemas/Accepted"}}
-    rate = _RATE_HEADERS
+    rate = RATE_HEADERS
     return {
         "post": {
             "summary": summary,
@@ -177,30 +156,30 @@ def _ingest(summary: str, schema: str, settings: Settings) -> dict[str, Any]:
             "responses": {
                 "201": {
                     "description": "Stored.",
-                    "headers": {"Location": {"schema": {"type": "string"}}, **rate, **_NO_STORE},
+                    "headers": {"Location": {"schema": {"type": "string"}}, **rate, **NO_STORE},
                     "content": {"application/json": accepted},
                 },
                 "200": {
                     "description": "An idempotent repeat: nothing new stored.",
-                    "headers": {**rate, **_NO_STORE},
+                    "headers": {**rate, **NO_STORE},
                     "content": {"application/json": accepted},
                 },
-                "400": _problem(
+                "400": problem(
                     "Invalid JSON or fields (errors lists every field error), or a gzip body "
                     "that is truncated or has data after its one member."
                 ),
-                "401": _UNAUTHORIZED,
-                "403": _problem("The key lacks the ingest scope."),
-                "408": _problem("The body did not arrive in time."),
-                "409": _problem("The same job and timestamp hold different content."),
-                "413": _problem("The body is too large."),
-                "415": _problem("The body is not JSON, or its encoding is not supported."),
-                "429": _problem(
+                "401": UNAUTHORIZED,
+                "403": problem("The key lacks the ingest scope."),
+                "408": problem("The body did not arrive in time."),
+                "409": problem("The same job and timestamp hold different content."),
+                "413": problem("The body is too large."),
+                "415": problem("The body is not JSON, or its encoding is not supported."),
+                "429": problem(
                     "The key's ingest quota is used up, or this address failed to "
                     "authenticate too often.",
                     headers={"Retry-After": {"schema": {"type": "integer"}}, **rate},
                 ),
-                "503": _problem(
+                "503": problem(
                     "The database failed, or the rate limiter cannot be reached and the server "
                     "is set to fail closed; retry after Retry-After.",
                     headers={"Retry-After": {"schema": {"type": "integer"}}},
@@ -239,21 +218,15 @@ def _listing(summary: str, parameters: list[str], settings: Settings) -> dict[st
                     "description": "A page, newest first: {items, nextCursor}. It holds at most "
                     f"limit items and {settings.max_page_bytes} bytes (at least one item); "
                     "nextCursor continues after its last item.",
-                    "headers": {**_RATE_HEADERS, **_NO_STORE},
+                    "headers": {**RATE_HEADERS, **NO_STORE},
                 },
-                "400": _problem("Invalid query parameters."),
-                "401": _UNAUTHORIZED,
-                "403": _problem("The key lacks the read scope."),
-                "429": _READS_LIMITED,
+                "400": problem("Invalid query parameters."),
+                "401": UNAUTHORIZED,
+                "403": problem("The key lacks the read scope."),
+                "429": READS_LIMITED,
             },
         }
     }
-
-
-_READS_LIMITED: Final = _problem(
-    "The key's read quota is used up, or this address failed to authenticate too often.",
-    headers={"Retry-After": {"schema": {"type": "integer"}}, **_RATE_HEADERS},
-)
 
 
 def _item(summary: str, schema: str) -> dict[str, Any]:
@@ -273,10 +246,10 @@ def _item(summary: str, schema: str) -> dict[str, Any]:
                 "200": {
                     "description": f"The stored {schema}, with its id and matched device and job."
                 },
-                "401": _UNAUTHORIZED,
-                "403": _problem("The key lacks the read scope."),
-                "404": _problem("No entry of the key's account has this id."),
-                "429": _READS_LIMITED,
+                "401": UNAUTHORIZED,
+                "403": problem("The key lacks the read scope."),
+                "404": problem("No entry of the key's account has this id."),
+                "429": READS_LIMITED,
             },
         }
     }
@@ -296,7 +269,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/api/ingest/backup": _ingest("Post a backup entry", "BackupEntry", settings),
             "/api/ingest/notification": _ingest("Post a notification", "Notification", settings),
             "/api/devices": _listing("List devices", [], settings),
-            "/api/jobs": _listing("List jobs with their latest entry", ["deviceName"], settings),
+            **job_paths(_listing("List jobs", ["deviceName", "state"], settings)),
             "/api/backups": _listing("List backups", [*filters, "outcome", "status"], settings),
             "/api/notifications": _listing(
                 "List notifications", [*filters, "severity", "type"], settings
@@ -306,12 +279,16 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "/healthz": {"get": {"summary": "Health", "responses": {"200": {"description": "OK"}}}},
         },
         "components": {
-            "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"}},
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+                "bearer": {"type": "http", "scheme": "bearer", "description": "The same key."},
+            },
             "schemas": {
                 "BackupEntry": _BACKUP,
                 "Notification": _NOTIFICATION,
                 "Problem": _PROBLEM,
                 "Accepted": _ACCEPTED,
+                **JOB_SCHEMAS,
                 "Matched": {
                     "type": "object",
                     "required": ["id", "created"],

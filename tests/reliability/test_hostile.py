@@ -143,6 +143,8 @@ class Target:
 
     server: ServerProcess
     read_only_key: str
+    #: A key with every scope, ingest, read and manage: the fuzzing's "all-scopes key".
+    all_scopes_key: str
     #: The suite's status counts when this module began; the module's own are the difference.
     baseline: collections.Counter[int]
     #: Requests this module left unanswered on purpose (closed mid-request, or cut by the server).
@@ -283,6 +285,7 @@ def target(tmp_path_factory: pytest.TempPathFactory, tally: Tally) -> Iterator[T
     made = Target(
         server,
         read_only_key=server.new_key("acme", "read"),
+        all_scopes_key=server.new_key("acme", "ingest", "read", "manage"),
         baseline=collections.Counter(tally.statuses),
     )
     server.start()
@@ -1201,6 +1204,12 @@ _OPERATIONS: Final = (
     ("GET", "/api/notifications"),
     ("GET", "/api/backups/{entry_id}"),
     ("GET", "/api/notifications/{entry_id}"),
+    ("GET", "/api/jobs/{job_id}"),
+    ("PUT", "/api/jobs/{job_id}/schedule"),
+    ("DELETE", "/api/jobs/{job_id}/schedule"),
+    ("POST", "/api/jobs/{job_id}/pause"),
+    ("POST", "/api/jobs/{job_id}/resume"),
+    ("GET", "/metrics"),
     ("GET", "/healthz"),
 )
 # Not positive_data_acceptance: the schema cannot say everything the server checks (the time
@@ -1257,7 +1266,7 @@ def test_the_schema_lists_what_is_fuzzed(schema: schemathesis.BaseSchema) -> Non
     assert described == set(_OPERATIONS)
 
 
-_WHO: Final = ("ingest+read key", "read-only key", "no key", "wrong key")
+_WHO: Final = ("all-scopes key", "read-only key", "no key", "wrong key")
 
 
 @pytest.mark.parametrize("who", _WHO)
@@ -1284,13 +1293,13 @@ def test_schemathesis(
         return strategy
 
     keys: dict[str, tuple[str | None, ...]] = {
-        "ingest+read key": (target.key,),
+        "all-scopes key": (target.all_scopes_key,),
         "read-only key": (target.read_only_key,),
         "no key": (None,),
         "wrong key": _WRONG_KEYS,
     }
     source = {"no key": _NO_KEY_SOURCE, "wrong key": _WRONG_KEY_SOURCE}.get(who, HOST)
-    full = 100 if who == "ingest+read key" else 25
+    full = 100 if who == "all-scopes key" else 25
     has_inputs = bool(list(operation.iter_parameters())) or bool(len(operation.body))
     modes = [GenerationMode.POSITIVE, *([GenerationMode.NEGATIVE] if has_inputs else [])]
     with requests.Session() as session:

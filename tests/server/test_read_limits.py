@@ -28,9 +28,8 @@ from bmserver.http._gate import LimiterGate
 from bmserver.http._reads import (  # the paging under test
     _ENVELOPE_BYTES,  # pyright: ignore[reportPrivateUsage]
     ReadSide,
-    _backup_json,  # pyright: ignore[reportPrivateUsage]
-    _json,  # pyright: ignore[reportPrivateUsage]
 )
+from bmserver.http._representations import backup_json, json_bytes
 
 BACKUP = "/api/ingest/backup"
 READ_BURST = 3
@@ -162,7 +161,7 @@ async def _walk(
             lambda size, place: store.list_backups(
                 record.account_id, BackupQuery(), limit=size, cursor=place
             ),
-            _backup_json,
+            backup_json,
             limit=limit,
             cursor=at,
             headers={},
@@ -199,8 +198,8 @@ def test_pages_hold_every_item_once_within_the_budget(
     # have fitted beside them and the room kept for the page's envelope.
     for page, following in itertools.pairwise(pages):
         if len(page) < limit:
-            items = sum(len(_json(item)) + 1 for item in page)
-            assert items + len(_json(following[0])) + 1 > budget - _ENVELOPE_BYTES
+            items = sum(len(json_bytes(item)) + 1 for item in page)
+            assert items + len(json_bytes(following[0])) + 1 > budget - _ENVELOPE_BYTES
 
 
 def test_a_default_page_fits_the_default_budget(client: Client) -> None:
