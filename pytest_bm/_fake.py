@@ -38,6 +38,7 @@ from pytest_bm._assertions import (
     wait_failure,
 )
 from pytest_bm._faults import Delay, Drop, Fail, FaultPlan, Throttle
+from pytest_bm._jobs import JobNames, job_health, set_job_schedule
 from pytest_bm._layer import IngestLayer
 from pytest_bm._records import (
     BACKUP_PATH,
@@ -438,6 +439,40 @@ class FakeIngest:
                 wait_failure(kind, count, timeout, records, self.requests, self._known_keys())
             )
         return arrived
+
+    # --- job health ---------------------------------------------------------------------------
+
+    def set_schedule(
+        self,
+        *,
+        device: str,
+        job: str,
+        sender: str = bmcore.DEFAULT_SENDER,
+        account: str = "default",
+        **schedule: str,
+    ) -> dict[str, str]:
+        """Give a job that has reported a schedule, as ``PUT /api/jobs/{id}/schedule`` would.
+
+        ``schedule`` is ``every="24h"`` or ``cron="30 2 * * *"`` (with ``timezone``), and
+        ``grace``; returns its canonical form. :class:`bmcore.PayloadError` names a bad field;
+        LookupError says which jobs exist when none has these names.
+        """
+        where = JobNames(account, device, job, sender)
+        with self._lock:
+            return set_job_schedule(self._store, where, schedule, now=self._clock.now())
+
+    def job_health(
+        self,
+        *,
+        device: str,
+        job: str,
+        sender: str = bmcore.DEFAULT_SENDER,
+        account: str = "default",
+    ) -> bmcore.JobHealth:
+        """The job's health now, by the fake's :attr:`clock`, as ``GET /api/jobs/{id}`` says it."""
+        where = JobNames(account, device, job, sender)
+        with self._lock:
+            return job_health(self._store, where, now=self._clock.now())
 
     # --- fault plans --------------------------------------------------------------------------
 

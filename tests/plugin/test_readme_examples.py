@@ -16,12 +16,14 @@ EXAMPLES = [
 ]
 
 
-def test_the_readme_has_the_three_fixture_examples() -> None:
-    """A bash script, a retry on 429 and a background client: the issue's three examples."""
-    assert len(EXAMPLES) == 3
+def test_the_readme_has_the_four_fixture_examples() -> None:
+    """A bash script, a retry on 429, a job's schedule and a background client."""
+    assert len(EXAMPLES) == 4
 
 
-@pytest.mark.parametrize("source", EXAMPLES, ids=["bash-curl", "retry-429", "background"])
+@pytest.mark.parametrize(
+    "source", EXAMPLES, ids=["bash-curl", "retry-429", "job-schedule", "background"]
+)
 def test_readme_example_passes(pytester: pytest.Pytester, source: str) -> None:
     """Each example, saved as a test module of a fresh project, passes."""
     pytester.makepyfile(test_example=source)
