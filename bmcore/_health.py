@@ -196,24 +196,30 @@ def assess(
       end in an alarm.
     """
     due = _next_due(schedule, summary, scheduled_at, pause)
-    health = JobHealth(
-        state=JobState.NEW,
-        since=scheduled_at,
+    state: JobState
+    since: datetime | None
+    if pause is not None and pause.covers(now):
+        state, since = JobState.PAUSED, pause.since
+    else:
+        state, since = _outcome_state(summary)
+        if schedule is not None and due is not None:
+            timing = None
+            if now > due + schedule.grace:
+                timing = (JobState.MISSING, due + schedule.grace)
+            elif now > due and summary.latest_at is not None:  # a new job is never late
+                timing = (JobState.LATE, due)
+            if timing is not None and timing[0].rank > state.rank:
+                state, since = timing
+        if state is JobState.NEW:
+            since = scheduled_at  # new since its schedule was set
+    return JobHealth(
+        state=state,
+        since=since,
         next_due_at=due,
         last_report_at=summary.latest_at,
         last_success_at=summary.last_success_at,
         consecutive_failures=summary.consecutive_failures,
     )
-    if pause is not None and pause.covers(now):
-        return attrs.evolve(health, state=JobState.PAUSED, since=pause.since)
-    candidates = [_outcome_state(summary)]
-    if schedule is not None and due is not None:
-        if now > due + schedule.grace:
-            candidates.append((JobState.MISSING, due + schedule.grace))
-        elif now > due and summary.latest_at is not None:  # a new job is never late, only missing
-            candidates.append((JobState.LATE, due))
-    state, since = max(candidates, key=lambda candidate: candidate[0].rank)
-    return attrs.evolve(health, state=state, since=since)
 
 
 def _next_due(

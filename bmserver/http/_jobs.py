@@ -44,7 +44,7 @@ __all__ = ["JobSide", "listing_page"]
 #: Jobs looked at per request by a filtered listing, at most.
 _MAX_SCANNED: Final = 10_000
 #: Jobs fetched from the store at once.
-_CHUNK: Final = 250
+_CHUNK: Final = 1000
 #: A schedule or pause body is a few fields: anything longer is not one.
 _MAX_SETTING_BYTES: Final = 4096
 _STATES: Final = {state.value: state for state in bmcore.JobState}

@@ -11,7 +11,16 @@ from datetime import datetime
 import bmcore
 from bmserver.storage._contract import DeviceRecord, JobRecord, StoredBackup, StoredNotification
 
-__all__ = ["backup_json", "device_json", "job_json", "json_bytes", "notification_json", "when"]
+__all__ = [
+    "backup_json",
+    "device_json",
+    "job_health",
+    "job_identity_json",
+    "job_json",
+    "json_bytes",
+    "notification_json",
+    "when",
+]
 
 
 def json_bytes(value: object) -> bytes:
@@ -47,26 +56,12 @@ def job_json(
 ) -> dict[str, object]:
     """A job with its latest backup, schedule (or the suggested one), pause and health."""
     health = health or job_health(job, now)
-    latest = None
-    if job.latest_backup_id is not None:
-        latest = {
-            "id": job.latest_backup_id,
-            "timestamp": when(job.latest_timestamp),
-            "status": job.latest_status,
-            "outcome": job.latest_outcome,
-        }
     suggestion = None if job.schedule is not None else bmcore.suggest_schedule(job.summary.recent)
     pause = None
     if job.pause is not None:
         pause = {"since": when(job.pause.since), "until": when(job.pause.until)}
     return {
-        "id": job.id,
-        "deviceId": job.device_id,
-        "deviceName": job.device_name,
-        "jobName": job.job_name,
-        "sender": job.sender,
-        "createdAt": when(job.created_at),
-        "latest": latest,
+        **job_identity_json(job),
         "schedule": None if job.schedule is None else job.schedule.to_wire(),
         "suggestedSchedule": None if suggestion is None else suggestion.to_wire(),
         "pause": pause,
@@ -78,6 +73,27 @@ def job_json(
             "lastSuccessAt": when(health.last_success_at),
             "consecutiveFailures": health.consecutive_failures,
         },
+    }
+
+
+def job_identity_json(job: JobRecord) -> dict[str, object]:
+    """A job's names and ids and its latest backup: what a job was before it had health."""
+    latest = None
+    if job.latest_backup_id is not None:
+        latest = {
+            "id": job.latest_backup_id,
+            "timestamp": when(job.latest_timestamp),
+            "status": job.latest_status,
+            "outcome": job.latest_outcome,
+        }
+    return {
+        "id": job.id,
+        "deviceId": job.device_id,
+        "deviceName": job.device_name,
+        "jobName": job.job_name,
+        "sender": job.sender,
+        "createdAt": when(job.created_at),
+        "latest": latest,
     }
 
 
