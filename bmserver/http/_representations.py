@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Final
 
 import bmcore
 from bmserver.storage._contract import DeviceRecord, JobRecord, StoredBackup, StoredNotification
@@ -23,11 +24,14 @@ __all__ = [
 ]
 
 
+# ASCII: a stored text may hold anything a client sent, and every answer is escaped JSON. One
+# encoder for all: json.dumps with options builds a new one per call.
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
 def json_bytes(value: object) -> bytes:
-    # ASCII: a stored text may hold anything a client sent, and every answer is escaped JSON.
-    return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode(
-        "ascii"
-    )
+    """``value`` as compact ASCII JSON."""
+    return _ENCODER.encode(value).encode("ascii")
 
 
 def when(moment: datetime | None) -> str | None:
@@ -60,17 +64,25 @@ def job_json(
     pause = None
     if job.pause is not None:
         pause = {"since": when(job.pause.since), "until": when(job.pause.until)}
+    identity = job_identity_json(job)
+    # The latest report's time stands in up to four places: formatted once.
+    latest = job.summary.latest_at
+    latest_text = when(latest)
+
+    def at(moment: datetime | None) -> str | None:
+        return latest_text if moment is latest else when(moment)
+
     return {
-        **job_identity_json(job),
+        **identity,
         "schedule": None if job.schedule is None else job.schedule.to_wire(),
         "suggestedSchedule": None if suggestion is None else suggestion.to_wire(),
         "pause": pause,
         "health": {
             "state": health.state.value,
-            "since": when(health.since),
+            "since": at(health.since),
             "nextDueAt": when(health.next_due_at),
-            "lastReportAt": when(health.last_report_at),
-            "lastSuccessAt": when(health.last_success_at),
+            "lastReportAt": at(health.last_report_at),
+            "lastSuccessAt": at(health.last_success_at),
             "consecutiveFailures": health.consecutive_failures,
         },
     }
