@@ -14,7 +14,7 @@ from typing import Protocol, cast
 from bench._report import Figure, machine, table, write_results
 
 #: Benchmark modules in the order of bench/README.md; each has ``run(*, smoke) -> list[Figure]``.
-BENCHMARKS = ["core_decoding", "timestamps", "ratelimit", "http_ingest", "fake"]
+BENCHMARKS = ["core_decoding", "timestamps", "ratelimit", "http_ingest", "fake", "job_health"]
 
 
 class _Benchmark(Protocol):
