@@ -59,6 +59,8 @@ MAX_DURATION: Final = timedelta(days=366)
 #: :meth:`Schedule.next_due`): jobs started a little early by a skewed clock are not late.
 _MAX_EARLY: Final = timedelta(hours=1)
 
+#: Longer texts are refused before a timedelta overflows (it holds 999,999,999 days).
+_LONGEST_SECONDS: Final = 10 * 366 * 86400
 _UNITS: Final = {
     "d": timedelta(days=1),
     "h": timedelta(hours=1),
@@ -86,7 +88,13 @@ def parse_duration(text: str) -> timedelta:
     if len(set(units_seen)) != len(units_seen):
         msg = f"{text!r} names a unit twice: write each of d, h, m and s at most once"
         raise ValueError(msg)
-    return sum((int(number) * _UNITS[unit] for number, unit in _PART.findall(compact)), timedelta())
+    seconds = sum(
+        int(number) * int(_UNITS[unit].total_seconds()) for number, unit in _PART.findall(compact)
+    )
+    if seconds > _LONGEST_SECONDS:
+        msg = f"{text!r} is too long a duration: at most 366d"
+        raise ValueError(msg)
+    return timedelta(seconds=seconds)
 
 
 def format_duration(duration: timedelta) -> str:
@@ -355,7 +363,7 @@ def parse_schedule(fields: Mapping[str, object]) -> Schedule:
             errors.append(
                 FieldError(field=f"/{name}", code="wrong_type", message=f"{name} must be a string")
             )
-    if "grace" not in fields:
+    if fields.get("grace") is None:
         errors.append(
             FieldError(
                 field="/grace",

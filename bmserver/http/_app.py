@@ -89,7 +89,14 @@ def create_app(
     )
     metrics = ServerMetrics()
     store.observe_batches(metrics.batch_sizes.observe)
-    scrape = MetricsEndpoint(metrics=metrics, store=store, clock=clock, admit_read=reads.admit)
+    scrape = MetricsEndpoint(
+        metrics=metrics,
+        store=store,
+        clock=clock,
+        authenticator=authenticator,
+        limiter=reads_limiter,
+        gate=gate,
+    )
     jobs = JobSide(
         settings=settings,
         store=store,

@@ -122,18 +122,24 @@ class Authenticator:
     known: KnownClients = attrs.field(factory=KnownClients)
     _in_flight: _InFlight = attrs.field(factory=_InFlight, init=False)
 
-    async def authenticate(self, request: Request, scope: Scope) -> ApiKeyRecord:
+    async def authenticate(
+        self, request: Request, scope: Scope, *, bearer: bool = False
+    ) -> ApiKeyRecord:
         """The key record of the request's key, or a 401/403/429 problem.
 
-        The key comes in ``X-Api-Key``, or as ``Authorization: Bearer <key>`` (what Prometheus's
-        ``authorization`` setting sends); X-Api-Key wins when both are sent.
+        The key comes in ``X-Api-Key``; with ``bearer`` (GET /metrics only: what Prometheus's
+        ``authorization`` setting sends) also as ``Authorization: Bearer <key>``. Everywhere
+        else a key in any other place is refused like no key at all, so that a client's mistake
+        shows at once rather than in one endpoint only.
         """
         address = request.client.host if request.client else "unknown"
         now_ns = self.clock.monotonic_ns()
-        supplied = supplied_key(request)
+        supplied = supplied_key(request, bearer=bearer)
         if not supplied:
             await self._refuse_if_locked_out(address, now_ns)
-            detail = "send your API key in the X-Api-Key header (or Authorization: Bearer)"
+            detail = "send your API key in the X-Api-Key header"
+            if bearer:
+                detail += " or as Authorization: Bearer"
             if "api_key" in request.query_params or "apiKey" in request.query_params:
                 detail += "; keys in the URL end up in logs and are not accepted"
             raise ProblemError(Problem.MISSING_API_KEY, detail, headers=_CHALLENGE)
@@ -217,10 +223,10 @@ def _too_many_failures(retry_after_s: int) -> ProblemError:
     )
 
 
-def supplied_key(request: Request) -> str | None:
-    """The key a request carries: ``X-Api-Key``, else an ``Authorization: Bearer`` token."""
+def supplied_key(request: Request, *, bearer: bool) -> str | None:
+    """The key a request carries: ``X-Api-Key``, else (if ``bearer``) a Bearer token."""
     key = request.headers.get("x-api-key")
-    if key:
+    if key or not bearer:
         return key
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.casefold() == "bearer" and token.strip():

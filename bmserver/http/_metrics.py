@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Final
 
@@ -33,11 +33,16 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from bmserver._clock import Clock
+from bmserver.http._authentication import Authenticator
+from bmserver.http._gate import LimiterGate
 from bmserver.http._representations import job_health
-from bmserver.storage._contract import ApiKeyRecord, JobRecord, Store
+from bmserver.limits._contract import Limiter
+from bmserver.storage._contract import JobRecord, Store
+from bmserver.storage._contract import Scope as KeyScope
 
 __all__ = [
     "METRICS_MEDIA_TYPE",
@@ -98,7 +103,7 @@ class RequestMetrics:
         #: The route endpoints' templates: ``/api/jobs/{job_id}``, not the job's id.
         self.templates = templates
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -169,11 +174,16 @@ class MetricsEndpoint:
     metrics: ServerMetrics
     store: Store
     clock: Clock
-    admit_read: Callable[[Request], Awaitable[tuple[ApiKeyRecord, dict[str, str]]]]
+    authenticator: Authenticator
+    #: Read requests per key: a scrape is one.
+    limiter: Limiter
+    gate: LimiterGate
 
     async def scrape(self, request: Request) -> Response:
-        """GET /metrics."""
-        key, headers = await self.admit_read(request)
+        """GET /metrics, for a read key in X-Api-Key or as Authorization: Bearer."""
+        key = await self.authenticator.authenticate(request, KeyScope.READ, bearer=True)
+        now_ns = self.clock.monotonic_ns()
+        headers = await self.gate.admit(self.limiter, key.id, now_ns, what="read requests")
         jobs = await all_jobs(self.store, key.account_id)
         now = self.clock.now()
 

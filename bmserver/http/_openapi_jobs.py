@@ -25,27 +25,19 @@ _DURATION: Final = {
 _OPTIONAL_TIME: Final = {"type": ["string", "null"], "description": "ISO 8601, UTC offset."}
 
 _SCHEDULE: Final = {
+    "type": "object",
     "description": "Either every (an interval), or cron (five fields, crontab(5)) read in "
-    "timezone (an IANA name, UTC if absent); and grace, how long past the due time a job is "
-    "late before it is missing. Cron follows Debian cron across daylight saving time.",
-    "oneOf": [
-        {
-            "type": "object",
-            "required": ["every", "grace"],
-            "properties": {"every": _DURATION, "grace": _DURATION},
-            "additionalProperties": False,
-        },
-        {
-            "type": "object",
-            "required": ["cron", "grace"],
-            "properties": {
-                "cron": {"type": "string", "examples": ["30 2 * * *"]},
-                "timezone": {"type": "string", "examples": ["Europe/Berlin"], "default": "UTC"},
-                "grace": _DURATION,
-            },
-            "additionalProperties": False,
-        },
-    ],
+    "timezone (an IANA name, UTC if absent): one of the two, not both. And grace, how long past "
+    "the due time a job is late before it is missing. Cron follows Debian cron across daylight "
+    "saving time.",
+    "required": ["grace"],
+    "properties": {
+        "every": _DURATION,
+        "cron": {"type": "string", "maxLength": 200, "examples": ["30 2 * * *"]},
+        "timezone": {"type": "string", "examples": ["Europe/Berlin"], "default": "UTC"},
+        "grace": _DURATION,
+    },
+    "additionalProperties": False,
 }
 _HEALTH: Final = {
     "type": "object",
@@ -105,13 +97,20 @@ _JOB: Final = {
 #: The schemas the job paths refer to.
 JOB_SCHEMAS: Final = {"Schedule": _SCHEDULE, "Health": _HEALTH, "Job": _JOB}
 
-_JOB_ID: Final = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_JOB_ID: Final = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^job_[0-9a-f]{16}$"},
+}
 _A_JOB: Final = {
     "description": "The job, with its schedule and health.",
     "headers": {**RATE_HEADERS, **NO_STORE},
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
 }
-_SECURITY: Final[list[dict[str, list[str]]]] = [{"apiKey": []}, {"bearer": []}]
+_SECURITY: Final[list[dict[str, list[str]]]] = [{"apiKey": []}]
+#: /metrics also takes the key as a Bearer token: what Prometheus sends.
+_METRICS_SECURITY: Final[list[dict[str, list[str]]]] = [{"apiKey": []}, {"bearer": []}]
 
 
 def _manage(summary: str, body: dict[str, Any] | None) -> dict[str, Any]:
@@ -184,7 +183,7 @@ def job_paths(listing: dict[str, Any]) -> dict[str, Any]:
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics: the server's, and each job's health",
-                "security": _SECURITY,
+                "security": _METRICS_SECURITY,
                 "responses": {
                     "200": {
                         "description": "The Prometheus text format, version 0.0.4.",

@@ -42,7 +42,7 @@ def test_durations_are_written_in_the_largest_unit_that_divides_them(
     assert format_duration(duration) == text
 
 
-@given(st.integers(min_value=1, max_value=10**9))
+@given(st.integers(min_value=1, max_value=10 * 366 * 86400))
 def test_a_duration_reads_back_as_written(seconds: int) -> None:
     duration = timedelta(seconds=seconds)
     text = format_duration(duration)
@@ -150,6 +150,7 @@ def test_every_error_is_listed_and_named() -> None:
         ("/grace", "wrong_type"),
     ]
     assert _errors({"every": "1d"}) == [("/grace", "missing")]
+    assert _errors({"every": "1d", "grace": None}) == [("/grace", "missing")]
     assert _errors({"grace": "1h"}) == [("", "schedule_kind")]
     assert _errors({"every": "1d", "cron": "0 2 * * *", "grace": "1h"}) == [("", "schedule_kind")]
     assert _errors({"every": "30s", "grace": "1h"}) == [("/every", "too_short")]
@@ -230,3 +231,34 @@ def test_next_due_needs_an_aware_time() -> None:
 def test_the_next_due_time_is_after_the_report(schedule: Schedule, ran: datetime) -> None:
     due = schedule.next_due(ran)
     assert due is None or due > ran
+
+
+def test_a_duration_too_long_for_any_schedule_is_refused_before_it_overflows() -> None:
+    with pytest.raises(ValueError, match="too long"):
+        parse_duration("9999999999d")
+
+
+_ANY_VALUE = st.one_of(
+    st.text(max_size=30),
+    st.from_regex(r"\s*(\d{1,10}[dhmsDHMS])+\s*", fullmatch=True),
+    st.integers(),
+    st.none(),
+    st.sampled_from(["Europe/", "Europe", "/", "", "0 2 * * *", "L * * * *", "0 0 * * 1#6"]),
+)
+
+
+@given(st.dictionaries(st.sampled_from(["every", "cron", "timezone", "grace", "x"]), _ANY_VALUE))
+def test_any_wire_form_is_a_schedule_or_a_payload_error(fields: dict[str, object]) -> None:
+    """What a client sends never raises anything else (a server would answer 500)."""
+    refused: PayloadError | None = None
+    try:
+        schedule = parse_schedule(fields)
+    except PayloadError as error:
+        refused = error
+    if refused is not None:
+        named = [e for e in refused.errors if e.code != "schedule_kind"]
+        assert all(e.field and e.code and e.message for e in named)
+        return
+    assert parse_schedule(schedule.to_wire()) == schedule
+    due = schedule.next_due(datetime(2026, 1, 1, tzinfo=UTC))
+    assert due is None or due > datetime(2026, 1, 1, tzinfo=UTC)

@@ -867,7 +867,7 @@ def test_assert_no_rejections_lists_each_with_its_problem(fake: FakeIngest, clie
     assert lines[7] == '      body: \'{"deviceName": ""}\''
     assert lines[8] == (
         "  #3 POST /api/ingest/notification → 401 missing_api_key: send your API key in the "
-        "X-Api-Key header (or Authorization: Bearer)"
+        "X-Api-Key header"
     )
     assert lines[9] == "      no X-Api-Key header"
 

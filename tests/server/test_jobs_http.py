@@ -219,13 +219,14 @@ def test_an_unknown_state_filter_is_a_400(client: Client, state: str) -> None:
     assert body["errors"][0]["field"] == "state"
 
 
-def test_a_key_may_come_as_a_bearer_token(running: RunningServer) -> None:
+def test_a_bearer_token_is_for_metrics_only(running: RunningServer) -> None:
+    """The API takes its key in X-Api-Key; a Bearer token is refused like no key at all."""
     client = running.client
     _post_backup(client)
-    reply = client.get("/api/jobs", key=None, headers={"Authorization": f"Bearer {client.api_key}"})
-    assert reply.status == 200, reply.body
-    wrong = client.get("/api/jobs", key=None, headers={"Authorization": "Bearer bm_wrong"})
-    assert wrong.status == 401
+    bearer = {"Authorization": f"Bearer {client.api_key}"}
+    body = assert_problem(client.get("/api/jobs", key=None, headers=bearer), 401, "missing_api_key")
+    assert "Bearer" not in body["detail"]
+    assert client.get("/metrics", key=None, headers=bearer).status == 200
 
 
 # --- the state filter's paging ------------------------------------------------------------------
