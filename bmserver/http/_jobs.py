@@ -35,7 +35,13 @@ from bmserver.http._body import check_content_type, read_body
 from bmserver.http._gate import LimiterGate
 from bmserver.http._problems import AsciiJSONResponse, Problem, ProblemError, shown
 from bmserver.http._query import Params, could_be_an_id, no_such_item, paged
-from bmserver.http._representations import job_health, job_json, json_bytes
+from bmserver.http._representations import (
+    PAGE_ENVELOPE_BYTES,
+    job_health,
+    job_json,
+    json_bytes,
+    page_body,
+)
 from bmserver.limits._contract import Limiter
 from bmserver.storage._contract import ApiKeyRecord, JobRecord, Scope, Store
 
@@ -48,7 +54,6 @@ _CHUNK: Final = 1000
 #: A schedule or pause body is a few fields: anything longer is not one.
 _MAX_SETTING_BYTES: Final = 4096
 _STATES: Final = {state.value: state for state in bmcore.JobState}
-_ENVELOPE_BYTES: Final = len(b'{"items":[],"nextCursor":""}') + 100
 
 
 @attrs.frozen
@@ -84,8 +89,7 @@ class JobSide:
         parts, next_cursor = await listing_page(
             fetch, states, now, limit=limit, cursor=cursor, budget=self._budget()
         )
-        items = b",".join(parts)
-        body = b"".join((b'{"items":[', items, b'],"nextCursor":', json_bytes(next_cursor), b"}"))
+        body = page_body(parts, next_cursor)
         return Response(body, media_type="application/json", headers=headers)
 
     async def job(self, request: Request) -> Response:
@@ -145,7 +149,7 @@ class JobSide:
     # --- helpers --------------------------------------------------------------------------
 
     def _budget(self) -> int:
-        return self.settings.max_page_bytes - _ENVELOPE_BYTES
+        return self.settings.max_page_bytes - PAGE_ENVELOPE_BYTES
 
     async def _admit_manage(self, request: Request) -> tuple[ApiKeyRecord, dict[str, str]]:
         key = await self.authenticate(request, Scope.MANAGE)

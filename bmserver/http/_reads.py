@@ -29,10 +29,12 @@ from bmserver.http._gate import LimiterGate
 from bmserver.http._problems import AsciiJSONResponse
 from bmserver.http._query import Params, could_be_an_id, no_such_item, paged
 from bmserver.http._representations import (
+    PAGE_ENVELOPE_BYTES,
     backup_json,
     device_json,
     json_bytes,
     notification_json,
+    page_body,
 )
 from bmserver.limits._contract import Limiter
 from bmserver.storage._contract import (
@@ -211,10 +213,7 @@ class ReadSide:
             # of the budget in memory, never the whole of a deep list.
             average = max(1, size // len(parts))
             chunk = max(1, min(limit - len(parts), (budget - size) // average + 1))
-        body = b"".join(
-            (b'{"items":[', b",".join(parts), b'],"nextCursor":', json_bytes(cursor), b"}")
-        )
-        return Response(body, media_type="application/json", headers=headers)
+        return Response(page_body(parts, cursor), media_type="application/json", headers=headers)
 
 
 async def _encoded(
@@ -243,9 +242,7 @@ async def _encoded(
     return await asyncio.to_thread(encode)
 
 
-#: What a page holds besides its items: ``{"items":[`` ... ``],"nextCursor":"..."}``, with room
-#: for the longest cursor a store hands out (far below 100 characters).
-_ENVELOPE_BYTES: Final = len(b'{"items":[],"nextCursor":""}') + 100
+_ENVELOPE_BYTES: Final = PAGE_ENVELOPE_BYTES
 
 #: Items encoded at once on the event loop; more go to a worker thread.
 _INLINE_ITEMS: Final = 1

@@ -13,6 +13,7 @@ import bmcore
 from bmserver.storage._contract import DeviceRecord, JobRecord, StoredBackup, StoredNotification
 
 __all__ = [
+    "PAGE_ENVELOPE_BYTES",
     "backup_json",
     "device_json",
     "job_health",
@@ -20,6 +21,7 @@ __all__ = [
     "job_json",
     "json_bytes",
     "notification_json",
+    "page_body",
     "when",
 ]
 
@@ -32,6 +34,16 @@ _ENCODER: Final = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separator
 def json_bytes(value: object) -> bytes:
     """``value`` as compact ASCII JSON."""
     return _ENCODER.encode(value).encode("ascii")
+
+
+#: What a page holds besides its items: ``{"items":[`` ... ``],"nextCursor":"..."}``, with room
+#: for the longest cursor a store hands out (far below 100 characters).
+PAGE_ENVELOPE_BYTES: Final = len(b'{"items":[],"nextCursor":""}') + 100
+
+
+def page_body(parts: list[bytes], cursor: str | None) -> bytes:
+    """A page's JSON from its encoded items and the cursor after them."""
+    return b"".join((b'{"items":[', b",".join(parts), b'],"nextCursor":', json_bytes(cursor), b"}"))
 
 
 def when(moment: datetime | None) -> str | None:
